@@ -1,0 +1,418 @@
+"""Dynamic Gaussian Anchoring (DyGA): per-unit Gaussian mixtures whose means pull tokens toward attribute anchors."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class MixtureState:
+    """Mixtures of `num_mixtures` independent fits in normalised space.
+
+    means `(num_mixtures, K, dim)`; covariances `(num_mixtures, K, dim)` (diag) or `(num_mixtures, K, dim, dim)`
+    (full); weights `(num_mixtures, K)`; active `(num_mixtures, K)` bool.
+    """
+
+    means: torch.Tensor
+    covariances: torch.Tensor
+    weights: torch.Tensor
+    active: torch.Tensor
+
+    def select(self, take: torch.Tensor, other: "MixtureState") -> "MixtureState":
+        """Per mixture, `other` where `take` `(num_mixtures,)` is True, else self."""
+
+        def pick(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            return torch.where(take.view(-1, *([1] * (mine.ndim - 1))), theirs, mine)
+
+        return MixtureState(*(pick(a, b) for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[torch.Tensor, ...]:
+        return (self.means, self.covariances, self.weights, self.active)
+
+    def clone(self) -> "MixtureState":
+        return MixtureState(*(t.clone() for t in self.astuple()))
+
+    @staticmethod
+    def cat(states: list["MixtureState"]) -> "MixtureState":
+        return MixtureState(*(torch.cat(parts) for parts in zip(*(s.astuple() for s in states))))
+
+    def chunk(self, num_chunks: int) -> list["MixtureState"]:
+        return [MixtureState(*parts) for parts in zip(*(t.chunk(num_chunks) for t in self.astuple()))]
+
+
+class DyGAAnchorer(ModelMixin, ConfigMixin):
+    """
+    Dynamic Gaussian Anchoring: one Gaussian mixture per latent unit over that unit's token features, with a dynamic
+    number of components, whose means serve as anchors that tokens are pulled toward.
+
+    `fit(tokens)` on `(num_samples, num_units, unit_dim)` standardises each unit's features (statistics stored),
+    seeds `init_components` components by k-means++, and alternates EM with structure moves, vectorised over units
+    and components: components lighter than `min_weight` are pruned; then, per unit, splitting its most spread-out
+    component and merging its two closest components are both tried, and the move is kept only if it lowers that
+    unit's BIC. A unit stops when neither move helps; it never exceeds `max_components`. Everything is deterministic
+    under `seed`, and identical inputs give identical state on every rank.
+
+    All state lives in buffers of fixed shape (`max_components` slots, an `active` mask), so the anchorer saves and
+    loads with `save_pretrained` / `from_pretrained` like any diffusers model.
+
+    Args:
+        num_units (`int`): number of latent units.
+        unit_dim (`int`): dimension of each unit's token.
+        max_components (`int`): upper bound on components per unit (buffer size).
+        init_components (`int`): components each unit starts from.
+        covariance_type (`str`): `"diag"` or `"full"`.
+        lambda_mode (`str`): `"adaptive"` (the paper's `lambda_value * exp(-mean |(c - mu) / c|)`, computed per token
+            so results do not depend on batch composition) or `"fixed"` (`lambda_value`).
+        lambda_value (`float`): the fixed lambda, or the scale of the adaptive one (paper: 0.1).
+        min_weight (`float`): components with less mixture weight are pruned.
+        variance_floor (`float`): added to every variance in the normalised space, so collapsed units and
+            single-point components fit.
+        max_iterations (`int`): EM iterations per structure round (and for the final refit on all samples).
+        proposal_iterations (`int`): EM iterations given to a split or merge proposal before it is scored.
+        tolerance (`float`): EM stops when the mean log-likelihood per sample changes less than this.
+        max_fit_samples (`int`): structure search runs on at most this many samples (a seeded subset); the final EM
+            uses all of them.
+        seed (`int`): seed of the subset and of the k-means++ initialisation.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_units: int = 20,
+        unit_dim: int = 32,
+        max_components: int = 10,
+        init_components: int = 4,
+        covariance_type: str = "diag",
+        lambda_mode: str = "adaptive",
+        lambda_value: float = 0.1,
+        min_weight: float = 0.01,
+        variance_floor: float = 1e-4,
+        max_iterations: int = 100,
+        proposal_iterations: int = 10,
+        tolerance: float = 1e-3,
+        max_fit_samples: int = 20000,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if covariance_type not in ("diag", "full"):
+            raise ValueError(f"covariance_type must be 'diag' or 'full', got {covariance_type!r}.")
+        if lambda_mode not in ("adaptive", "fixed"):
+            raise ValueError(f"lambda_mode must be 'adaptive' or 'fixed', got {lambda_mode!r}.")
+        if not 1 <= init_components <= max_components:
+            raise ValueError(f"Need 1 <= init_components ({init_components}) <= max_components ({max_components}).")
+        covariance_shape = (unit_dim,) if covariance_type == "diag" else (unit_dim, unit_dim)
+        self.register_buffer("feature_mean", torch.zeros(num_units, unit_dim))
+        self.register_buffer("feature_scale", torch.ones(num_units, unit_dim))
+        self.register_buffer("means", torch.zeros(num_units, max_components, unit_dim))
+        self.register_buffer("covariances", torch.ones(num_units, max_components, *covariance_shape))
+        self.register_buffer("weights", torch.zeros(num_units, max_components))
+        self.register_buffer("active", torch.zeros(num_units, max_components, dtype=torch.bool))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    @property
+    def num_components(self) -> torch.Tensor:
+        """`(num_units,)` number of active components per unit."""
+        return self.active.sum(dim=1)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        expected = (self.config.num_units, self.config.unit_dim)
+        if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected:
+            raise ValueError(
+                f"DyGAAnchorer expects tokens of shape (batch, {expected[0]}, {expected[1]}) "
+                f"(num_units, unit_dim), got {tuple(tokens.shape)}."
+            )
+        if not torch.isfinite(tokens).all():
+            raise ValueError("DyGAAnchorer got NaN or infinite token features.")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError("DyGAAnchorer is not fitted yet: call `fit(tokens)` before using it.")
+
+    # ------------------------------------------------------------------ fitting
+
+    @torch.no_grad()
+    def fit(self, tokens: torch.Tensor) -> "DyGAAnchorer":
+        """Fits the per-unit mixtures to `tokens` `(num_samples, num_units, unit_dim)`; returns self."""
+        self.check_tokens(tokens)
+        if tokens.shape[0] < 2:
+            raise ValueError(f"DyGAAnchorer.fit needs at least 2 samples, got {tokens.shape[0]}.")
+        features = tokens.detach().to(dtype=torch.float32)
+        mean = features.mean(dim=0)
+        std = features.std(dim=0)
+        scale = torch.where(std > 1e-8 * (1.0 + mean.abs()), std, torch.ones_like(std))
+        normalised = ((features - mean) / scale).transpose(0, 1).contiguous()
+
+        generator = torch.Generator(device=features.device).manual_seed(self.config.seed)
+        search = normalised
+        if normalised.shape[1] > self.config.max_fit_samples:
+            subset = torch.randperm(normalised.shape[1], generator=generator, device=features.device)
+            search = normalised[:, subset[: self.config.max_fit_samples]].contiguous()
+
+        state = self._initial_state(search, generator)
+        state, _ = self._em(search, state, self.config.max_iterations)
+        max_rounds = 2 * self.config.max_components
+        settled = torch.zeros(self.config.num_units, dtype=torch.bool, device=features.device)
+        for _ in range(max_rounds):
+            state, pruned = self._prune(state)
+            settled &= ~pruned
+            state, log_likelihood = self._em(search, state, self.config.max_iterations)
+            current_bic = self._bic(log_likelihood, state, search.shape[1])
+            proposals = MixtureState.cat([self._split(state), self._merge(state)])
+            proposals, proposal_ll = self._em(search.repeat(2, 1, 1), proposals, self.config.proposal_iterations)
+            split, merge = proposals.chunk(2)
+            split_bic, merge_bic = self._bic(proposal_ll, proposals, search.shape[1]).chunk(2)
+            take_split = (split_bic < current_bic) & (split_bic <= merge_bic) & ~settled
+            take_merge = (merge_bic < current_bic) & (merge_bic < split_bic) & ~settled
+            settled |= ~(take_split | take_merge)
+            state = state.select(take_split, split).select(take_merge, merge)
+            if settled.all():
+                break
+        state, _ = self._prune(state)
+        state, _ = self._em(normalised, state, self.config.max_iterations)
+
+        dtype = self.means.dtype
+        self.feature_mean.copy_(mean.to(dtype))
+        self.feature_scale.copy_(scale.to(dtype))
+        self.means.copy_(state.means.to(dtype))
+        self.covariances.copy_(state.covariances.to(dtype))
+        self.weights.copy_(state.weights.to(dtype))
+        self.active.copy_(state.active)
+        self.fitted.fill_(True)
+        return self
+
+    def _initial_state(self, points: torch.Tensor, generator: torch.Generator) -> MixtureState:
+        """k-means++ seeding of `init_components` means per unit; points `(num_units, num_samples, dim)`."""
+        num_units, num_samples, dim = points.shape
+        centers = [points[torch.arange(num_units), torch.randint(num_samples, (num_units,), generator=generator)]]
+        for _ in range(1, self.config.init_components):
+            stacked = torch.stack(centers, dim=1)
+            sq_dist = torch.cdist(points, stacked).square().amin(dim=2)
+            probs = sq_dist + 1e-12
+            choice = torch.multinomial(probs / probs.sum(dim=1, keepdim=True), 1, generator=generator).squeeze(1)
+            centers.append(points[torch.arange(num_units), choice])
+
+        max_k = self.config.max_components
+        means = points.new_zeros(num_units, max_k, dim)
+        means[:, : len(centers)] = torch.stack(centers, dim=1)
+        variance = points.var(dim=1) + self.config.variance_floor
+        if self.config.covariance_type == "diag":
+            covariances = variance[:, None, :].expand(num_units, max_k, dim).clone()
+        else:
+            covariances = torch.diag_embed(variance)[:, None].expand(num_units, max_k, dim, dim).clone()
+        active = torch.zeros(num_units, max_k, dtype=torch.bool, device=points.device)
+        active[:, : self.config.init_components] = True
+        weights = active.float() / self.config.init_components
+        return MixtureState(means, covariances, weights, active)
+
+    def _log_prob(self, points: torch.Tensor, state: MixtureState, squares: torch.Tensor | None = None) -> torch.Tensor:
+        """Log of weight times density, `(num_mixtures, num_samples, K)`, for points `(num_mixtures, num_samples,
+        dim)`; inactive components are -inf. `squares` is `points.square()` when the caller has it."""
+        if self.config.covariance_type == "diag":
+            precision = state.covariances.reciprocal()
+            squares = points.square() if squares is None else squares
+            quadratic = (
+                torch.bmm(squares, precision.transpose(1, 2))
+                - 2 * torch.bmm(points, (state.means * precision).transpose(1, 2))
+                + (state.means.square() * precision).sum(-1)[:, None, :]
+            )
+            log_det = state.covariances.log().sum(-1)
+        else:
+            cholesky = torch.linalg.cholesky(state.covariances)
+            eye = torch.eye(points.shape[-1], device=points.device, dtype=points.dtype)
+            whitening = torch.linalg.solve_triangular(cholesky, eye.expand_as(cholesky), upper=False)
+            whitened_means = torch.einsum("ukij,ukj->uki", whitening, state.means)
+            chunk = max(1, 2**24 // max(1, whitening.shape[0] * whitening.shape[1] * points.shape[-1]))
+            quadratic = torch.cat(
+                [
+                    (torch.einsum("ukij,umj->umki", whitening, part) - whitened_means[:, None]).square().sum(-1)
+                    for part in points.split(chunk, dim=1)
+                ],
+                dim=1,
+            )
+            log_det = 2 * torch.diagonal(cholesky, dim1=-2, dim2=-1).log().sum(-1)
+        log_density = -0.5 * (quadratic + log_det[:, None, :] + points.shape[-1] * LOG_2PI)
+        log_weights = torch.where(state.active, state.weights.clamp_min(1e-30).log(), -torch.inf)
+        return log_density + log_weights[:, None, :]
+
+    def _em(self, points: torch.Tensor, state: MixtureState, iterations: int) -> tuple[MixtureState, torch.Tensor]:
+        """Runs EM on each mixture's points `(num_mixtures, num_samples, dim)`; returns the state and the
+        log-likelihood `(num_mixtures,)` of the returned state."""
+        num_samples = points.shape[1]
+        squares = points.square()
+        previous = None
+        for _ in range(iterations):
+            log_prob = self._log_prob(points, state, squares)
+            log_likelihood = torch.logsumexp(log_prob, dim=2).sum(1)
+            if previous is not None and ((log_likelihood - previous).abs() / num_samples).max() < self.config.tolerance:
+                return state, log_likelihood
+            previous = log_likelihood
+            state = self._m_step(points, squares, torch.softmax(log_prob, dim=2), state.active)
+        return state, torch.logsumexp(self._log_prob(points, state, squares), dim=2).sum(1)
+
+    def _m_step(
+        self, points: torch.Tensor, squares: torch.Tensor, resp: torch.Tensor, active: torch.Tensor
+    ) -> MixtureState:
+        """Points and squares `(num_mixtures, num_samples, dim)`, responsibilities `(num_mixtures, num_samples, K)`."""
+        mass = resp.sum(1) + 1e-10
+        resp_t = resp.transpose(1, 2)
+        means = torch.bmm(resp_t, points) / mass[..., None]
+        floor = self.config.variance_floor
+        if self.config.covariance_type == "diag":
+            second = torch.bmm(resp_t, squares) / mass[..., None]
+            covariances = (second - means.square()).clamp_min(0.0) + floor
+        else:
+            chunk = max(1, 2**24 // max(1, resp.shape[0] * resp.shape[2] * points.shape[-1]))
+            second = sum(
+                torch.einsum("umkd,ume->ukde", r[..., None] * p[:, :, None, :], p)
+                for r, p in zip(resp.split(chunk, dim=1), points.split(chunk, dim=1))
+            ) / mass[..., None, None]
+            eye = torch.eye(points.shape[-1], device=points.device, dtype=points.dtype)
+            covariances = second - means[..., :, None] * means[..., None, :] + floor * eye
+        weights = torch.where(active, mass / points.shape[1], torch.zeros_like(mass))
+        return MixtureState(means, covariances, weights, active)
+
+    def _bic(self, log_likelihood: torch.Tensor, state: MixtureState, num_samples: int) -> torch.Tensor:
+        dim = self.config.unit_dim
+        per_component = dim + (dim if self.config.covariance_type == "diag" else dim * (dim + 1) // 2) + 1
+        num_params = state.active.sum(1) * per_component - 1
+        return -2 * log_likelihood + num_params * math.log(num_samples)
+
+    def _prune(self, state: MixtureState) -> tuple[MixtureState, torch.Tensor]:
+        """Deactivates components lighter than `min_weight` (never a unit's heaviest); returns which units changed."""
+        heaviest = torch.nn.functional.one_hot(state.weights.argmax(1), state.weights.shape[1]).bool()
+        keep = state.active & ((state.weights >= self.config.min_weight) | heaviest)
+        pruned = (keep != state.active).any(1)
+        weights = torch.where(keep, state.weights, torch.zeros_like(state.weights))
+        weights = weights / weights.sum(1, keepdim=True)
+        return MixtureState(state.means, state.covariances, weights, keep), pruned
+
+    def _spread(self, state: MixtureState) -> torch.Tensor:
+        """Total variance of each component, `(num_mixtures, K)`."""
+        if self.config.covariance_type == "diag":
+            return state.covariances.sum(-1)
+        return torch.diagonal(state.covariances, dim1=-2, dim2=-1).sum(-1)
+
+    def _split(self, state: MixtureState) -> MixtureState:
+        """Per unit, splits its most spread-out component along its main axis into a free slot."""
+        proposal = state.clone()
+        units = torch.arange(state.means.shape[0], device=state.means.device)
+        has_room = (~state.active).any(1)
+        target = torch.where(state.active, self._spread(state), -torch.inf).argmax(1)
+        free = (~state.active).float().argmax(1)
+        if self.config.covariance_type == "diag":
+            variances = state.covariances[units, target]
+            axis = torch.nn.functional.one_hot(variances.argmax(1), variances.shape[1]).to(variances.dtype)
+            offset = axis * variances.amax(1, keepdim=True).sqrt()
+        else:
+            eigenvalues, eigenvectors = torch.linalg.eigh(state.covariances[units, target])
+            offset = eigenvectors[..., -1] * eigenvalues[:, -1:].clamp_min(0).sqrt()
+        center = state.means[units, target]
+        half_weight = state.weights[units, target] / 2
+        rows = units[has_room]
+        proposal.means[rows, target[has_room]] = (center - offset)[has_room]
+        proposal.means[rows, free[has_room]] = (center + offset)[has_room]
+        proposal.covariances[rows, free[has_room]] = state.covariances[rows, target[has_room]]
+        proposal.weights[rows, target[has_room]] = half_weight[has_room]
+        proposal.weights[rows, free[has_room]] = half_weight[has_room]
+        proposal.active[rows, free[has_room]] = True
+        return proposal
+
+    def _merge(self, state: MixtureState) -> MixtureState:
+        """Per unit, merges its two closest components (distance scaled by their spread) by moment matching."""
+        proposal = state.clone()
+        num_units, max_k, _ = state.means.shape
+        spread = self._spread(state)
+        distance = torch.cdist(state.means, state.means).square() / (spread[:, :, None] + spread[:, None, :])
+        valid = state.active[:, :, None] & state.active[:, None, :]
+        valid &= torch.ones(max_k, max_k, dtype=torch.bool, device=valid.device).triu(1)
+        distance = torch.where(valid, distance, torch.inf).flatten(1)
+        can_merge = torch.isfinite(distance).any(1)
+        pair = distance.argmin(1)
+        keep, drop = pair // max_k, pair % max_k
+        units = torch.arange(num_units, device=state.means.device)[can_merge]
+        keep, drop = keep[can_merge], drop[can_merge]
+
+        w_a, w_b = state.weights[units, keep], state.weights[units, drop]
+        total = (w_a + w_b).clamp_min(1e-30)
+        mu_a, mu_b = state.means[units, keep], state.means[units, drop]
+        merged_mean = (w_a[:, None] * mu_a + w_b[:, None] * mu_b) / total[:, None]
+        if self.config.covariance_type == "diag":
+            second = w_a[:, None] * (state.covariances[units, keep] + mu_a.square())
+            second = second + w_b[:, None] * (state.covariances[units, drop] + mu_b.square())
+            merged_cov = second / total[:, None] - merged_mean.square()
+        else:
+            outer = lambda mu: mu[:, :, None] * mu[:, None, :]  # noqa: E731
+            second = w_a[:, None, None] * (state.covariances[units, keep] + outer(mu_a))
+            second = second + w_b[:, None, None] * (state.covariances[units, drop] + outer(mu_b))
+            merged_cov = second / total[:, None, None] - outer(merged_mean)
+        proposal.means[units, keep] = merged_mean
+        proposal.covariances[units, keep] = merged_cov
+        proposal.weights[units, keep] = total
+        proposal.weights[units, drop] = 0.0
+        proposal.active[units, drop] = False
+        return proposal
+
+    # ------------------------------------------------------------------ using a fitted anchorer
+
+    def _normalise(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        self.check_tokens(tokens)
+        return (tokens.to(self.means.dtype) - self.feature_mean) / self.feature_scale
+
+    def _state(self) -> MixtureState:
+        return MixtureState(self.means, self.covariances, self.weights, self.active)
+
+    @torch.no_grad()
+    def assign(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(batch, num_units, unit_dim)` tokens -> `(batch, num_units)` id of each token's most likely component."""
+        return self._log_prob(self._normalise(tokens).transpose(0, 1), self._state()).argmax(dim=2).T
+
+    @torch.no_grad()
+    def anchors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(batch, num_units, unit_dim)` tokens -> the means of their assigned components, in the tokens' space."""
+        components = self.assign(tokens)
+        means = torch.gather(self.means, 1, components.T[..., None].expand(-1, -1, self.config.unit_dim))
+        return (means.transpose(0, 1) * self.feature_scale + self.feature_mean).to(tokens.dtype)
+
+    def align(self, tokens: torch.Tensor, lambda_value: float | None = None) -> torch.Tensor:
+        """Pulls tokens `(batch, num_units, unit_dim)` toward their anchors: `lam * anchor + (1 - lam) * tokens`.
+
+        `lam` is `(batch, num_units, 1)` in the adaptive mode and is not differentiated; gradients flow to `tokens`.
+        `lambda_value` overrides the configured value for this call.
+        """
+        anchors = self.anchors(tokens)
+        scale = self.config.lambda_value if lambda_value is None else lambda_value
+        if self.config.lambda_mode == "fixed":
+            lam = torch.full_like(tokens[..., :1], scale)
+        else:
+            with torch.no_grad():
+                relative = ((tokens - anchors) / tokens.abs().clamp_min(1e-6)).abs().mean(-1, keepdim=True)
+                lam = scale * torch.exp(-relative)
+        return lam * anchors + (1 - lam) * tokens
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws `(num_samples, num_units, unit_dim)` tokens from the fitted mixtures, each unit independently."""
+        self._check_fitted()
+        num_units, _, dim = self.means.shape
+        device = self.means.device
+        units = torch.arange(num_units, device=device)[:, None]
+        weights = self.weights.float().cpu()
+        components = torch.multinomial(weights, num_samples, replacement=True, generator=generator).to(device)
+        noise = torch.randn(num_units, num_samples, dim, generator=generator).to(device=device, dtype=self.means.dtype)
+        means = self.means[units, components]
+        if self.config.covariance_type == "diag":
+            draws = means + noise * self.covariances[units, components].sqrt()
+        else:
+            cholesky = torch.linalg.cholesky(self.covariances[units, components])
+            draws = means + torch.einsum("unij,unj->uni", cholesky, noise)
+        return (draws.transpose(0, 1) * self.feature_scale + self.feature_mean)

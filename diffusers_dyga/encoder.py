@@ -1,0 +1,154 @@
+"""The feature extractor: images -> scalar latent units -> one token per unit."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+
+@dataclass
+class DisentangledEncoderOutput(BaseOutput):
+    """
+    Args:
+        units (`torch.Tensor` of shape `(batch, num_units)`): one scalar per latent unit.
+        tokens (`torch.Tensor` of shape `(batch, num_units, unit_dim)`): the units' tokens, read by the U-Net's
+            cross-attention.
+    """
+
+    units: torch.Tensor
+    tokens: torch.Tensor
+
+
+class ConvTrunk(nn.Module):
+    """The paper-style conv stack: 4x4 stride-2 convolutions, then a flat MLP. `(B, C, H, W) -> (B, hidden)`."""
+
+    def __init__(self, in_channels: int, sample_size: int, block_out_channels: tuple[int, ...], hidden_dim: int):
+        super().__init__()
+        layers = []
+        channels = in_channels
+        for out_channels in block_out_channels:
+            layers += [nn.Conv2d(channels, out_channels, kernel_size=4, stride=2, padding=1), nn.SiLU()]
+            channels = out_channels
+        self.convs = nn.Sequential(*layers)
+        spatial = sample_size // 2 ** len(block_out_channels)
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(channels * spatial * spatial, hidden_dim), nn.SiLU())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.convs(images))
+
+
+class BackboneTrunk(nn.Module):
+    """A `transformers` vision backbone (ResNet, ConvNeXt, ...), globally pooled. `(B, C, H, W) -> (B, hidden)`."""
+
+    def __init__(self, backbone_config: dict[str, Any], in_channels: int, hidden_dim: int):
+        super().__init__()
+        from transformers import AutoBackbone, AutoConfig
+
+        config = AutoConfig.for_model(**{**backbone_config, "num_channels": in_channels})
+        self.backbone = AutoBackbone.from_config(config)
+        self.proj = nn.Sequential(nn.Linear(self.backbone.channels[-1], hidden_dim), nn.SiLU())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(pixel_values=images).feature_maps[-1]
+        return self.proj(features.mean(dim=(2, 3)))
+
+
+class DisentangledEncoder(ModelMixin, ConfigMixin):
+    """
+    Maps images to `num_units` scalar latent units and embeds each unit with its own small MLP into a token.
+
+    Images `(batch, in_channels, sample_size, sample_size)` in [-1, 1] -> units `(batch, num_units)` -> tokens
+    `(batch, num_units, unit_dim)`. The per-unit MLPs (1 -> `token_hidden_dim` -> `unit_dim`) are batched over units.
+
+    Args:
+        sample_size (`int`): height and width of the input images.
+        in_channels (`int`): channels of the input images.
+        num_units (`int`): number of scalar latent units (the paper uses 20).
+        unit_dim (`int`): dimension of each unit's token (the paper uses 32).
+        block_out_channels (`tuple[int]`): widths of the conv trunk's stride-2 convolutions.
+        hidden_dim (`int`): width of the layer between the trunk and the units.
+        token_hidden_dim (`int`): hidden width of each unit's token MLP.
+        backbone_config (`dict`, *optional*): a `transformers` backbone config as a dict (`config.to_dict()`, e.g. of
+            a `ResNetConfig` or `ConvNextConfig`); replaces the conv trunk. See [`~DisentangledEncoder.from_backbone`]
+            to start from pretrained backbone weights.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 3,
+        num_units: int = 20,
+        unit_dim: int = 32,
+        block_out_channels: tuple[int, ...] = (32, 32, 64, 64),
+        hidden_dim: int = 256,
+        token_hidden_dim: int = 64,
+        backbone_config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if backbone_config is None:
+            if sample_size % 2 ** len(block_out_channels) != 0:
+                raise ValueError(
+                    f"sample_size={sample_size} must be divisible by 2**len(block_out_channels)="
+                    f"{2 ** len(block_out_channels)}."
+                )
+            self.trunk = ConvTrunk(in_channels, sample_size, tuple(block_out_channels), hidden_dim)
+        else:
+            self.trunk = BackboneTrunk(backbone_config, in_channels, hidden_dim)
+        self.to_units = nn.Linear(hidden_dim, num_units)
+
+        self.token_in_weight = nn.Parameter(torch.randn(num_units, token_hidden_dim))
+        self.token_in_bias = nn.Parameter(torch.zeros(num_units, token_hidden_dim))
+        self.token_out_weight = nn.Parameter(
+            torch.randn(num_units, token_hidden_dim, unit_dim) / token_hidden_dim**0.5
+        )
+        self.token_out_bias = nn.Parameter(torch.zeros(num_units, unit_dim))
+
+    @classmethod
+    def from_backbone(cls, backbone_name_or_path: str, **config) -> "DisentangledEncoder":
+        """Builds an encoder whose trunk starts from a local pretrained `transformers` backbone checkpoint."""
+        from transformers import MODEL_FOR_BACKBONE_MAPPING, AutoConfig
+
+        backbone_config = AutoConfig.from_pretrained(backbone_name_or_path, local_files_only=True)
+        backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(backbone_config)]
+        backbone = backbone_class.from_pretrained(backbone_name_or_path, local_files_only=True)
+        encoder = cls(backbone_config=backbone.config.to_dict(), **config)
+        encoder.trunk.backbone.load_state_dict(backbone.state_dict())
+        return encoder
+
+    def check_images(self, images: torch.Tensor) -> None:
+        expected = (self.config.in_channels, self.config.sample_size, self.config.sample_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"DisentangledEncoder expects images of shape (batch, {', '.join(map(str, expected))}), "
+                f"got {tuple(images.shape)}."
+            )
+
+    def check_units(self, units: torch.Tensor) -> None:
+        if units.ndim != 2 or units.shape[1] != self.config.num_units:
+            raise ValueError(
+                f"Expected units of shape (batch, {self.config.num_units}), got {tuple(units.shape)}."
+            )
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """`(batch, in_channels, H, W)` images in [-1, 1] -> `(batch, num_units)` units."""
+        self.check_images(images)
+        return self.to_units(self.trunk(images))
+
+    def embed(self, units: torch.Tensor) -> torch.Tensor:
+        """`(batch, num_units)` units -> `(batch, num_units, unit_dim)` tokens, one MLP per unit."""
+        self.check_units(units)
+        hidden = F.silu(units.unsqueeze(-1) * self.token_in_weight + self.token_in_bias)
+        return torch.einsum("bnh,nhd->bnd", hidden, self.token_out_weight) + self.token_out_bias
+
+    def forward(self, images: torch.Tensor, return_dict: bool = True) -> DisentangledEncoderOutput | tuple:
+        units = self.encode(images)
+        tokens = self.embed(units)
+        if not return_dict:
+            return (units, tokens)
+        return DisentangledEncoderOutput(units=units, tokens=tokens)

@@ -1,0 +1,298 @@
+"""`DisentangledDiffusionPipeline`: reconstruct, edit and generate images through disentangled latent units."""
+
+import inspect
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, VQModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils import BaseOutput, make_image_grid
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import snapshot_download
+
+from .anchorer import DyGAAnchorer
+from .encoder import DisentangledEncoder
+from .skip_dropout_unet import SkipDropoutUNet
+
+ImageInput = PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+@dataclass
+class DisentangledDiffusionPipelineOutput(BaseOutput):
+    """
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the rendered images.
+        units (`torch.Tensor` of shape `(batch, num_units)`, *optional*): the units the images were rendered from;
+            `None` when the tokens were sampled from the anchorer (generation), which holds no unit values.
+        tokens (`torch.Tensor` of shape `(batch, num_units, unit_dim)`): the conditioning the U-Net read.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    units: torch.Tensor | None
+    tokens: torch.Tensor
+
+
+@contextmanager
+def eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
+    """Puts modules in eval mode (Skip Dropout off) and restores their previous mode on exit."""
+    present = [module for module in modules if module is not None]
+    was_training = [module.training for module in present]
+    for module in present:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, training in zip(present, was_training):
+            module.train(training)
+
+
+class DisentangledDiffusionPipeline(DiffusionPipeline):
+    """
+    Diffusion decoder conditioned on the disentangled units of a [`DisentangledEncoder`].
+
+    `__call__` renders images from the units of given images (reconstruction), from given units (edits made with
+    [`~DisentangledDiffusionPipeline.swap_units`] or [`~DisentangledDiffusionPipeline.traverse_units`]), or, with
+    neither, from tokens sampled from the anchorer's mixtures (generation).
+
+    Args:
+        encoder ([`DisentangledEncoder`]): images -> units -> tokens.
+        unet ([`SkipDropoutUNet`]): the denoiser, cross-attending to the tokens.
+        scheduler ([`SchedulerMixin`]): e.g. [`DDIMScheduler`].
+        anchorer ([`DyGAAnchorer`], *optional*): when fitted, tokens are aligned to their anchors and generation
+            samples from its mixtures.
+        vae ([`AutoencoderKL`] or [`VQModel`], *optional*): for latent diffusion; pixel space when absent.
+    """
+
+    model_cpu_offload_seq = "encoder->unet->vae"
+    _optional_components = ["anchorer", "vae"]
+
+    def __init__(
+        self,
+        encoder: DisentangledEncoder,
+        unet: SkipDropoutUNet,
+        scheduler: SchedulerMixin,
+        anchorer: DyGAAnchorer | None = None,
+        vae: AutoencoderKL | VQModel | None = None,
+    ):
+        super().__init__()
+        if unet.config.cross_attention_dim != encoder.config.unit_dim:
+            raise ValueError(
+                f"The U-Net's cross_attention_dim ({unet.config.cross_attention_dim}) must equal the encoder's "
+                f"unit_dim ({encoder.config.unit_dim})."
+            )
+        if anchorer is not None and (anchorer.config.num_units, anchorer.config.unit_dim) != (
+            encoder.config.num_units,
+            encoder.config.unit_dim,
+        ):
+            raise ValueError(
+                f"The anchorer's (num_units, unit_dim) = ({anchorer.config.num_units}, {anchorer.config.unit_dim}) "
+                f"must match the encoder's ({encoder.config.num_units}, {encoder.config.unit_dim})."
+            )
+        expected_channels = vae.config.latent_channels if vae is not None else encoder.config.in_channels
+        if unet.config.in_channels != expected_channels:
+            source = "the VAE's latent_channels" if vae is not None else "the encoder's in_channels"
+            raise ValueError(
+                f"The U-Net's in_channels ({unet.config.in_channels}) must equal {source} ({expected_channels})."
+            )
+        self.register_modules(encoder=encoder, unet=unet, scheduler=scheduler, anchorer=anchorer, vae=vae)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DisentangledDiffusionPipeline":
+        """Loads from a local folder or a Hub repo id (downloaded with `snapshot_download` first, since diffusers'
+        own loader does not resolve third-party components from the Hub)."""
+        if not os.path.isdir(pretrained_model_name_or_path):
+            pretrained_model_name_or_path = snapshot_download(
+                str(pretrained_model_name_or_path),
+                revision=kwargs.pop("revision", None),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                local_files_only=kwargs.get("local_files_only", False),
+            )
+        cls.check_checkpoint(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @staticmethod
+    def check_checkpoint(folder: str | os.PathLike) -> None:
+        """Raises a `ValueError` naming what is missing when `folder` is not a complete saved pipeline."""
+        index_path = os.path.join(folder, "model_index.json")
+        if not os.path.isfile(index_path):
+            raise ValueError(f"{folder} is not a saved DisentangledDiffusionPipeline: it has no model_index.json.")
+        try:
+            with open(index_path) as index_file:
+                index = json.load(index_file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{index_path} is corrupt: {error}.") from error
+        for name, spec in index.items():
+            if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+                continue
+            component = os.path.join(folder, name)
+            if not os.path.isdir(component) or not any(f.endswith(".json") for f in os.listdir(component)):
+                raise ValueError(f"The saved pipeline in {folder} lacks its '{name}' component (no config in {component}).")
+
+    # ------------------------------------------------------------------ units
+
+    def preprocess(self, images: ImageInput) -> torch.Tensor:
+        """PIL images, or `(H, W, C)` / `(B, H, W, C)` arrays in [0, 1] or uint8, or `(B, C, H, W)` / `(C, H, W)`
+        tensors already in the model's [-1, 1] range -> `(B, C, H, W)` tensor in [-1, 1] on the encoder's device.
+        No resizing: a wrong size raises."""
+        if isinstance(images, torch.Tensor):
+            pixels = images.unsqueeze(0) if images.ndim == 3 else images
+        else:
+            if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+                images = images.astype(np.float32) / 255.0
+            pixels = self.image_processor.preprocess(images)
+        self.encoder.check_images(pixels)
+        return pixels.to(device=self._execution_device, dtype=self.encoder.dtype)
+
+    @torch.no_grad()
+    def encode(self, images: ImageInput) -> torch.Tensor:
+        """Images -> units `(batch, num_units)`, with the encoder in eval mode."""
+        with eval_mode(self.encoder):
+            return self.encoder.encode(self.preprocess(images))
+
+    def condition(self, units: torch.Tensor) -> torch.Tensor:
+        """Units `(batch, num_units)` -> the tokens `(batch, num_units, unit_dim)` the U-Net reads (anchored when
+        the anchorer is fitted)."""
+        tokens = self.encoder.embed(units.to(device=self._execution_device, dtype=self.encoder.dtype))
+        if self.anchorer is not None and self.anchorer.is_fitted:
+            tokens = self.anchorer.align(tokens)
+        return tokens
+
+    @staticmethod
+    def swap_units(units: torch.Tensor, donor_units: torch.Tensor, unit_indices: int | list[int]) -> torch.Tensor:
+        """Units `(batch, num_units)` with the units at `unit_indices` taken from `donor_units` (`(batch, num_units)`
+        or `(1, num_units)`): latent interchange."""
+        if donor_units.shape[-1] != units.shape[-1]:
+            raise ValueError(f"donor_units has {donor_units.shape[-1]} units, units has {units.shape[-1]}.")
+        indices = [unit_indices] if isinstance(unit_indices, int) else list(unit_indices)
+        swapped = units.clone()
+        swapped[:, indices] = donor_units.expand_as(units)[:, indices].to(units.dtype)
+        return swapped
+
+    @staticmethod
+    def traverse_units(units: torch.Tensor, unit_index: int, values: torch.Tensor | list[float]) -> torch.Tensor:
+        """Sweeps one unit: units `(batch, num_units)` and `num_values` values -> `(batch * num_values, num_units)`,
+        source-major (all values of source 0 first)."""
+        if not -units.shape[-1] <= unit_index < units.shape[-1]:
+            raise ValueError(f"unit_index {unit_index} is out of range for {units.shape[-1]} units.")
+        values = torch.as_tensor(values, dtype=units.dtype, device=units.device)
+        swept = units.repeat_interleave(len(values), dim=0)
+        swept[:, unit_index] = values.repeat(units.shape[0])
+        return swept
+
+    # ------------------------------------------------------------------ rendering
+
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
+        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in step_parameters:
+            extra["eta"] = eta
+        if "generator" in step_parameters:
+            extra["generator"] = generator
+        return extra
+
+    def __call__(
+        self,
+        images: ImageInput | None = None,
+        units: torch.Tensor | None = None,
+        num_images: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> DisentangledDiffusionPipelineOutput | tuple:
+        """
+        Renders images from the units of `images`, from `units` `(batch, num_units)`, or, with neither, from
+        `num_images` token sets sampled from the fitted anchorer. With images or units, `num_images` renders are
+        made per input.
+
+        Returns a [`DisentangledDiffusionPipelineOutput`] (images, units, tokens), or a tuple of them.
+        """
+        with torch.no_grad(), eval_mode(self.encoder, self.unet, self.vae):
+            return self._render(images, units, num_images, num_inference_steps, generator, eta, output_type, return_dict)
+
+    def _render(self, images, units, num_images, num_inference_steps, generator, eta, output_type, return_dict):
+        if images is not None and units is not None:
+            raise ValueError("Pass either `images` or `units`, not both.")
+        if num_inference_steps < 1 or num_images < 1:
+            raise ValueError("num_inference_steps and num_images must be positive.")
+        if images is not None:
+            units = self.encode(images)
+        if units is not None:
+            self.encoder.check_units(units)
+            units = units.repeat_interleave(num_images, dim=0)
+            tokens = self.condition(units)
+        else:
+            if self.anchorer is None or not self.anchorer.is_fitted:
+                raise ValueError(
+                    "Generation without images or units samples from the anchorer, which this pipeline "
+                    f"{'lacks' if self.anchorer is None else 'has not fitted'}; pass `images` or `units`."
+                )
+            anchor_generator = generator[0] if isinstance(generator, list) else generator
+            tokens = self.anchorer.sample(num_images, generator=anchor_generator).to(self._execution_device)
+        batch_size = tokens.shape[0]
+        tokens = tokens.to(self.unet.dtype)
+
+        size = self.unet.config.sample_size
+        shape = (batch_size, self.unet.config.in_channels, size, size)
+        latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = self.scheduler.scale_model_input(latents, t)
+            noise_pred = self.unet(model_input, t, encoder_hidden_states=tokens).sample
+            latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+
+        if self.vae is not None:
+            scaling = getattr(self.vae.config, "scaling_factor", 1.0) or 1.0
+            pixels = self.vae.decode(latents.to(self.vae.dtype) / scaling).sample
+        else:
+            pixels = latents
+        rendered = self.image_processor.postprocess(pixels.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (rendered, units, tokens)
+        return DisentangledDiffusionPipelineOutput(images=rendered, units=units, tokens=tokens)
+
+    def interchange_grid(
+        self,
+        images: ImageInput,
+        donor_images: ImageInput | None = None,
+        unit_indices: list[int] | None = None,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> PIL.Image.Image:
+        """
+        A latent-interchange grid. Rows: source images. Columns: the source, its donor, the source's
+        reconstruction, then one column per unit in `unit_indices` (default: all) with that unit swapped in from the
+        donor. Donors default to the next source (cyclically).
+        """
+        source_units = self.encode(images)
+        donor_units = source_units.roll(-1, dims=0) if donor_images is None else self.encode(donor_images)
+        if donor_units.shape[0] != source_units.shape[0]:
+            raise ValueError(f"Got {source_units.shape[0]} sources but {donor_units.shape[0]} donors.")
+        indices = list(range(source_units.shape[1])) if unit_indices is None else list(unit_indices)
+        swaps = [self.swap_units(source_units, donor_units, i) for i in indices]
+        grid_units = torch.stack([source_units] + swaps, dim=1).flatten(0, 1)
+        renders = self(units=grid_units, num_inference_steps=num_inference_steps, generator=generator).images
+
+        source_pixels = self.preprocess(images)
+        donor_pixels = source_pixels.roll(-1, dims=0) if donor_images is None else self.preprocess(donor_images)
+        sources = self.image_processor.postprocess(source_pixels.float().cpu(), output_type="pil")
+        donors = self.image_processor.postprocess(donor_pixels.float().cpu(), output_type="pil")
+        per_row = len(indices) + 1
+        cells = []
+        for row, (source, donor) in enumerate(zip(sources, donors)):
+            cells += [source, donor] + renders[row * per_row : (row + 1) * per_row]
+        return make_image_grid(cells, rows=len(sources), cols=per_row + 2)

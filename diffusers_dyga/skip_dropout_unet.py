@@ -1,0 +1,84 @@
+"""`UNet2DConditionModel` with Skip Dropout on its skip connections."""
+
+import inspect
+
+import torch
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader looks it up here)
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from torch import nn
+
+
+class SkipDropoutUNet(UNet2DConditionModel):
+    """
+    A [`UNet2DConditionModel`] whose decoder skip connections are dropped during training (Skip Dropout).
+
+    While `training`, each skip tensor `(batch, channels, h, w)` at the chosen resolutions is multiplied by a
+    per-sample, per-channel Bernoulli keep-mask with keep probability `1 - skip_dropout`, rescaled by
+    `1 / (1 - skip_dropout)`. In eval mode the model is exactly its parent. All parent arguments are accepted
+    unchanged; a plain `UNet2DConditionModel` checkpoint loads with the default skip dropout.
+
+    Args:
+        skip_dropout (`float`, defaults to 0.2): drop rate `p` of the skip channels, in `[0, 1)`.
+        skip_dropout_resolutions (`tuple[int]`, *optional*): spatial sizes (in pixels of the U-Net input, e.g.
+            `(32, 16, 8)` for a 32x32 input) of the skips to drop. Defaults to every resolution but the lowest, as in
+            the official implementation. Requires `sample_size` when given.
+    """
+
+    def __init__(self, *args, skip_dropout: float = 0.2, skip_dropout_resolutions: tuple[int, ...] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= skip_dropout < 1.0:
+            raise ValueError(f"skip_dropout must be in [0, 1), got {skip_dropout}.")
+        self.register_to_config(
+            skip_dropout=skip_dropout,
+            skip_dropout_resolutions=None if skip_dropout_resolutions is None else list(skip_dropout_resolutions),
+        )
+        for index in self.dropped_up_blocks():
+            self.up_blocks[index].register_forward_pre_hook(self._drop_skips, with_kwargs=True)
+
+    def skip_resolutions(self) -> list[int]:
+        """Spatial size of the skips each up block reads, lowest resolution (first up block) first."""
+        sample_size = self.config.sample_size
+        if sample_size is None:
+            raise ValueError("skip_dropout_resolutions needs the U-Net's sample_size to be set.")
+        height = sample_size if isinstance(sample_size, int) else sample_size[0]
+        num_levels = len(self.up_blocks)
+        return [height // 2 ** (num_levels - 1 - index) for index in range(num_levels)]
+
+    def dropped_up_blocks(self) -> list[int]:
+        """Indices of the up blocks whose skips are dropped."""
+        resolutions = self.config.skip_dropout_resolutions
+        if resolutions is None:
+            return list(range(1, len(self.up_blocks)))
+        available = self.skip_resolutions()
+        unknown = sorted(set(resolutions) - set(available))
+        if unknown:
+            raise ValueError(f"skip_dropout_resolutions {unknown} are not skip resolutions of this U-Net ({available}).")
+        return [index for index, size in enumerate(available) if size in resolutions]
+
+    def _drop_skips(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        rate = self.config.skip_dropout
+        if not self.training or rate == 0.0:
+            return args, kwargs
+        skips = kwargs["res_hidden_states_tuple"]
+        kwargs["res_hidden_states_tuple"] = tuple(
+            skip * torch.empty(skip.shape[:2] + (1, 1), device=skip.device, dtype=skip.dtype).bernoulli_(1.0 - rate)
+            / (1.0 - rate)
+            for skip in skips
+        )
+        return args, kwargs
+
+
+def _signature_with_skip_dropout() -> inspect.Signature:
+    # ConfigMixin reads the init signature to decide which config keys reach `__init__`; exposing the parent's
+    # parameters here keeps every U-Net setting on reload instead of silently falling back to the defaults.
+    parent = inspect.signature(UNet2DConditionModel.__init__)
+    extra = [
+        inspect.Parameter("skip_dropout", inspect.Parameter.KEYWORD_ONLY, default=0.2, annotation=float),
+        inspect.Parameter(
+            "skip_dropout_resolutions", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=tuple[int, ...] | None
+        ),
+    ]
+    return parent.replace(parameters=list(parent.parameters.values()) + extra)
+
+
+SkipDropoutUNet.__init__.__signature__ = _signature_with_skip_dropout()

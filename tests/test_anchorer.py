@@ -1,0 +1,163 @@
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from diffusers_dyga import DyGAAnchorer
+
+
+def planted_mixtures(num_samples=3000, num_units=4, dim=8, num_clusters=5, seed=0):
+    """Each unit a mixture of `num_clusters` well-separated Gaussians, in an arbitrary affine frame."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.randn(num_units, num_clusters, dim, generator=generator) * 6
+    labels = torch.randint(num_clusters, (num_samples, num_units), generator=generator)
+    points = centers[torch.arange(num_units), labels] + 0.5 * torch.randn(num_samples, num_units, dim, generator=generator)
+    return points * 3.0 + 10.0, labels, centers * 3.0 + 10.0
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+@pytest.mark.parametrize("init_components", [2, 8])
+def test_recovers_planted_mixtures(covariance_type, init_components):
+    points, labels, _ = planted_mixtures()
+    anchorer = DyGAAnchorer(
+        num_units=4, unit_dim=8, max_components=10, init_components=init_components, covariance_type=covariance_type
+    ).fit(points)
+    assert anchorer.num_components.tolist() == [5, 5, 5, 5]
+    assigned = anchorer.assign(points)
+    for unit in range(4):
+        assert adjusted_rand_score(labels[:, unit], assigned[:, unit]) >= 0.95
+
+
+def test_anchors_are_the_planted_centers_in_token_space():
+    points, labels, centers = planted_mixtures()
+    anchorer = DyGAAnchorer(num_units=4, unit_dim=8, init_components=3).fit(points)
+    anchors = anchorer.anchors(points)
+    true_centers = centers[torch.arange(4), labels]
+    assert (anchors - true_centers).norm(dim=-1).max() < 0.5
+
+
+def test_never_exceeds_max_components():
+    points, _, _ = planted_mixtures(num_clusters=5)
+    anchorer = DyGAAnchorer(num_units=4, unit_dim=8, max_components=3, init_components=2).fit(points)
+    assert anchorer.num_components.max() <= 3
+    assert anchorer.weights.shape == (4, 3)
+
+
+def test_fit_is_deterministic_under_seed():
+    points, _, _ = planted_mixtures(num_samples=1000)
+    first = DyGAAnchorer(num_units=4, unit_dim=8, seed=3, max_fit_samples=500).fit(points)
+    second = DyGAAnchorer(num_units=4, unit_dim=8, seed=3, max_fit_samples=500).fit(points)
+    for name, buffer in first.named_buffers():
+        assert torch.equal(buffer, dict(second.named_buffers())[name]), name
+
+
+def test_single_gaussian_units_get_one_component():
+    points = torch.randn(4000, 3, 6, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    anchorer = DyGAAnchorer(num_units=3, unit_dim=6, init_components=4).fit(points)
+    assert anchorer.num_components.tolist() == [1, 1, 1]
+
+
+def test_collapsed_units_and_single_point_components_fit():
+    points = torch.randn(200, 3, 4, generator=torch.Generator().manual_seed(0))
+    points[:, 1] = 2.5
+    points[0, 2] += 1000.0
+    anchorer = DyGAAnchorer(num_units=3, unit_dim=4, init_components=3, min_weight=0.0).fit(points)
+    for buffer in (anchorer.means, anchorer.covariances, anchorer.weights):
+        assert torch.isfinite(buffer).all()
+    assert anchorer.num_components[1] == 1
+    aligned = anchorer.align(points)
+    assert torch.isfinite(aligned).all()
+    torch.testing.assert_close(aligned[:, 1], points[:, 1])
+    assert torch.isfinite(anchorer.sample(5)).all()
+    DyGAAnchorer(num_units=3, unit_dim=4).fit(torch.zeros(2, 3, 4))
+
+
+def test_fixed_lambda_is_the_convex_combination():
+    points, _, _ = planted_mixtures()
+    anchorer = DyGAAnchorer(num_units=4, unit_dim=8, lambda_mode="fixed", lambda_value=0.3).fit(points)
+    tokens = points[:10]
+    torch.testing.assert_close(anchorer.align(tokens), 0.3 * anchorer.anchors(tokens) + 0.7 * tokens)
+    torch.testing.assert_close(anchorer.align(tokens, lambda_value=1.0), anchorer.anchors(tokens))
+
+
+def test_adaptive_lambda_pulls_toward_anchors_and_keeps_gradients():
+    points, _, _ = planted_mixtures()
+    anchorer = DyGAAnchorer(num_units=4, unit_dim=8).fit(points)
+    tokens = points[:16].clone().requires_grad_(True)
+    aligned = anchorer.align(tokens)
+    anchors = anchorer.anchors(tokens)
+    plain = tokens.detach()
+    lam = 0.1 * torch.exp(-((plain - anchors) / plain.abs()).abs().mean(-1, keepdim=True))
+    torch.testing.assert_close(aligned.detach(), lam * anchors + (1 - lam) * plain)
+    assert lam.mean() > 0.02
+    assert ((aligned - anchors).norm(dim=-1) <= (tokens - anchors).norm(dim=-1)).all()
+    aligned.sum().backward()
+    assert tokens.grad is not None and torch.all(tokens.grad > 0)
+    alone = anchorer.align(points[:1])
+    torch.testing.assert_close(alone, aligned[:1].detach()), "no dependence on the rest of the batch"
+
+
+def test_sample_follows_the_mixture():
+    points, labels, _ = planted_mixtures()
+    anchorer = DyGAAnchorer(num_units=4, unit_dim=8).fit(points)
+    samples = anchorer.sample(4000, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (4000, 4, 8)
+    drawn = torch.stack([torch.bincount(c, minlength=10)[:10] for c in anchorer.assign(samples).T]).float() / 4000
+    torch.testing.assert_close(drawn, anchorer.weights, atol=0.04, rtol=0)
+    repeat = anchorer.sample(4000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(samples, repeat)
+
+
+def test_unfitted_use_raises():
+    anchorer = DyGAAnchorer(num_units=2, unit_dim=3)
+    assert not anchorer.is_fitted
+    tokens = torch.zeros(4, 2, 3)
+    for call in (anchorer.assign, anchorer.anchors, anchorer.align):
+        with pytest.raises(RuntimeError, match="not fitted"):
+            call(tokens)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        anchorer.sample(2)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3), (4, 2, 5), (2, 3)])
+def test_wrong_token_shape_names_the_expected_dims(shape):
+    with pytest.raises(ValueError, match=r"\(batch, 2, 3\)"):
+        DyGAAnchorer(num_units=2, unit_dim=3).fit(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_raise(bad):
+    tokens = torch.randn(10, 2, 3)
+    tokens[3, 1, 2] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        DyGAAnchorer(num_units=2, unit_dim=3).fit(tokens)
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError, match="covariance_type"):
+        DyGAAnchorer(covariance_type="spherical")
+    with pytest.raises(ValueError, match="lambda_mode"):
+        DyGAAnchorer(lambda_mode="cosine")
+    with pytest.raises(ValueError, match="init_components"):
+        DyGAAnchorer(init_components=12, max_components=10)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_save_load_round_trip_keeps_state_and_shapes(tmp_path, covariance_type):
+    points, _, _ = planted_mixtures(num_samples=1000)
+    anchorer = DyGAAnchorer(num_units=4, unit_dim=8, covariance_type=covariance_type).fit(points)
+    anchorer.save_pretrained(tmp_path)
+    loaded = DyGAAnchorer.from_pretrained(tmp_path)
+    assert loaded.is_fitted
+    for name, buffer in anchorer.named_buffers():
+        assert torch.equal(buffer, dict(loaded.named_buffers())[name]), name
+    assert torch.equal(loaded.align(points[:20]), anchorer.align(points[:20]))
+    DyGAAnchorer(num_units=4, unit_dim=8, covariance_type=covariance_type).save_pretrained(tmp_path / "empty")
+    assert not DyGAAnchorer.from_pretrained(tmp_path / "empty").is_fitted
+
+
+def test_corrupt_checkpoint_raises(tmp_path):
+    DyGAAnchorer(num_units=2, unit_dim=3).save_pretrained(tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ|invalid|unable"):
+        DyGAAnchorer.from_pretrained(tmp_path)

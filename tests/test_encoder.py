@@ -1,0 +1,93 @@
+import pytest
+import torch
+from transformers import AutoBackbone, ConvNextConfig, ResNetConfig
+
+from diffusers_dyga import DisentangledEncoder
+
+from .tiny import NUM_UNITS, SIZE, UNIT_DIM, random_images, tiny_encoder
+
+
+def test_shapes_and_output_dataclass():
+    encoder = tiny_encoder()
+    out = encoder(random_images(5))
+    assert out.units.shape == (5, NUM_UNITS)
+    assert out.tokens.shape == (5, NUM_UNITS, UNIT_DIM)
+    units, tokens = encoder(random_images(5), return_dict=False)
+    assert torch.equal(units, out.units) and torch.equal(tokens, out.tokens)
+
+
+def test_batched_token_mlps_match_one_mlp_per_unit():
+    encoder = tiny_encoder()
+    units = torch.randn(3, NUM_UNITS)
+    tokens = encoder.embed(units)
+    for n in range(NUM_UNITS):
+        hidden = torch.nn.functional.silu(units[:, n : n + 1] * encoder.token_in_weight[n] + encoder.token_in_bias[n])
+        expected = hidden @ encoder.token_out_weight[n] + encoder.token_out_bias[n]
+        torch.testing.assert_close(tokens[:, n], expected)
+
+
+def test_each_token_depends_only_on_its_own_unit():
+    encoder = tiny_encoder()
+    units = torch.randn(2, NUM_UNITS)
+    changed = units.clone()
+    changed[:, 1] += 1.0
+    diff = (encoder.embed(changed) - encoder.embed(units)).abs().sum(dim=(0, 2))
+    assert diff[1] > 0 and torch.all(diff[[0, 2, 3]] == 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, SIZE, SIZE), (2, 3, SIZE * 2, SIZE * 2), (3, SIZE, SIZE)])
+def test_wrong_image_shape_names_expected_shape(shape):
+    with pytest.raises(ValueError, match=rf"\(batch, 3, {SIZE}, {SIZE}\)"):
+        tiny_encoder().encode(torch.zeros(shape))
+
+
+def test_wrong_units_shape_raises():
+    with pytest.raises(ValueError, match=rf"\(batch, {NUM_UNITS}\)"):
+        tiny_encoder().embed(torch.zeros(2, NUM_UNITS + 1))
+
+
+def test_sample_size_must_fit_the_trunk():
+    with pytest.raises(ValueError, match="divisible"):
+        DisentangledEncoder(sample_size=20, block_out_channels=(8, 8, 8))
+
+
+def test_save_load_round_trip(tmp_path):
+    encoder = tiny_encoder()
+    encoder.save_pretrained(tmp_path)
+    loaded = DisentangledEncoder.from_pretrained(tmp_path)
+    for key in ("sample_size", "num_units", "unit_dim", "hidden_dim", "token_hidden_dim", "backbone_config"):
+        assert loaded.config[key] == encoder.config[key], key
+    assert tuple(loaded.config.block_out_channels) == tuple(encoder.config.block_out_channels)
+    images = random_images(3)
+    torch.testing.assert_close(loaded(images).tokens, encoder(images).tokens, rtol=0, atol=0)
+
+
+BACKBONES = {
+    "resnet": ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]),
+    "convnext": ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_transformers_backbone_trunk_trains_and_round_trips(name, tmp_path):
+    encoder = tiny_encoder(backbone_config=BACKBONES[name].to_dict())
+    assert type(encoder.trunk.backbone).__name__.lower().startswith(name)
+    images = random_images(3)
+    out = encoder(images)
+    assert out.tokens.shape == (3, NUM_UNITS, UNIT_DIM)
+    out.tokens.sum().backward()
+    assert all(p.grad is not None for p in encoder.trunk.parameters() if p.requires_grad)
+    encoder.eval()
+    encoder.save_pretrained(tmp_path)
+    loaded = DisentangledEncoder.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(images).units, encoder(images).units, rtol=0, atol=0)
+
+
+def test_from_backbone_loads_local_pretrained_weights(tmp_path):
+    backbone = AutoBackbone.from_config(BACKBONES["resnet"])
+    backbone.save_pretrained(tmp_path / "resnet")
+    encoder = DisentangledEncoder.from_backbone(
+        str(tmp_path / "resnet"), sample_size=SIZE, num_units=NUM_UNITS, unit_dim=UNIT_DIM, hidden_dim=32
+    )
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(encoder.trunk.backbone.state_dict()[key], value), key

@@ -1,0 +1,210 @@
+import shutil
+from pathlib import Path
+
+import huggingface_hub
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, VQModel
+
+from diffusers_dyga import DisentangledDiffusionPipeline, DyGAAnchorer
+
+from .tiny import NUM_UNITS, SIZE, UNIT_DIM, random_images, tiny_encoder, tiny_pipeline, tiny_unet
+
+PIPELINE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "disentangled_diffusion.py"
+
+
+def render(pipe, **kwargs):
+    return pipe(num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return tiny_pipeline()
+
+
+def test_reconstruction_edit_and_generation_shapes(pipeline):
+    images = random_images(3)
+    out = render(pipeline, images=images, num_images=2)
+    assert out.images.shape == (6, 3, SIZE, SIZE)
+    assert out.units.shape == (6, NUM_UNITS) and out.tokens.shape == (6, NUM_UNITS, UNIT_DIM)
+    assert out.images.min() >= 0 and out.images.max() <= 1
+    edited = render(pipeline, units=out.units[:2])
+    assert edited.images.shape == (2, 3, SIZE, SIZE)
+    generated = render(pipeline, num_images=5)
+    assert generated.images.shape == (5, 3, SIZE, SIZE) and generated.units is None
+    assert generated.tokens.shape == (5, NUM_UNITS, UNIT_DIM)
+
+
+def test_output_types_and_tuple(pipeline):
+    units = pipeline.encode(random_images(2))
+    pil = pipeline(units=units, num_inference_steps=2).images
+    assert len(pil) == 2 and isinstance(pil[0], PIL.Image.Image) and pil[0].size == (SIZE, SIZE)
+    array = pipeline(units=units, num_inference_steps=2, output_type="np").images
+    assert isinstance(array, np.ndarray) and array.shape == (2, SIZE, SIZE, 3)
+    images, used_units, tokens = pipeline(units=units, num_inference_steps=2, return_dict=False)
+    assert torch.equal(used_units, units)
+
+
+def test_reconstruction_uses_anchored_tokens(pipeline):
+    units = pipeline.encode(random_images(2))
+    tokens = render(pipeline, units=units).tokens
+    torch.testing.assert_close(tokens, pipeline.anchorer.align(pipeline.encoder.embed(units)))
+    assert not torch.allclose(tokens, pipeline.encoder.embed(units))
+
+
+def test_accepts_pil_numpy_and_tensors(pipeline):
+    tensor = random_images(2)
+    array = ((tensor.permute(0, 2, 3, 1).numpy() + 1) / 2 * 255).round().astype(np.uint8)
+    pil = [PIL.Image.fromarray(a) for a in array]
+    from_tensor = pipeline.encode(torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    for images in (pil, array, array.astype(np.float32) / 255, pil[0], torch.from_numpy(array[0]).permute(2, 0, 1) / 127.5 - 1):
+        units = pipeline.encode(images)
+        torch.testing.assert_close(units, from_tensor[: len(units)], atol=1e-5, rtol=0)
+
+
+def test_wrong_image_size_raises(pipeline):
+    with pytest.raises(ValueError, match=rf"\(batch, 3, {SIZE}, {SIZE}\)"):
+        pipeline.encode(PIL.Image.new("RGB", (SIZE * 2, SIZE * 2)))
+    with pytest.raises(ValueError, match=rf"\(batch, {NUM_UNITS}\)"):
+        pipeline(units=torch.zeros(2, NUM_UNITS + 1), num_inference_steps=1)
+    with pytest.raises(ValueError, match="either"):
+        pipeline(images=random_images(1), units=torch.zeros(1, NUM_UNITS))
+
+
+def test_generation_needs_a_fitted_anchorer():
+    with pytest.raises(ValueError, match="has not fitted"):
+        tiny_pipeline(fit_anchorer=False)(num_inference_steps=1)
+    pipe = tiny_pipeline(fit_anchorer=False)
+    pipe.anchorer = None
+    with pytest.raises(ValueError, match="lacks"):
+        pipe(num_inference_steps=1)
+
+
+def test_mismatched_components_raise():
+    scheduler = DDIMScheduler(num_train_timesteps=10)
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        DisentangledDiffusionPipeline(tiny_encoder(unit_dim=UNIT_DIM * 2), tiny_unet(), scheduler)
+    with pytest.raises(ValueError, match="anchorer"):
+        DisentangledDiffusionPipeline(tiny_encoder(), tiny_unet(), scheduler, DyGAAnchorer(num_units=3, unit_dim=UNIT_DIM))
+    with pytest.raises(ValueError, match="in_channels"):
+        DisentangledDiffusionPipeline(tiny_encoder(in_channels=1), tiny_unet(), scheduler)
+
+
+def test_rendering_disables_skip_dropout_and_restores_training_mode():
+    pipe = tiny_pipeline()
+    pipe.unet.train()
+    pipe.unet.config.skip_dropout = 0.9
+    first = render(pipe, images=random_images(2)).images
+    second = render(pipe, images=random_images(2)).images
+    assert torch.equal(first, second)
+    assert pipe.unet.training
+
+
+def test_swap_and_traverse_units():
+    units = torch.arange(8.0).reshape(2, 4)
+    donors = -torch.arange(8.0).reshape(2, 4) - 1
+    swapped = DisentangledDiffusionPipeline.swap_units(units, donors, [1, 3])
+    assert swapped.tolist() == [[0, -2, 2, -4], [4, -6, 6, -8]]
+    assert DisentangledDiffusionPipeline.swap_units(units, donors[:1], 0)[:, 0].tolist() == [-1, -1]
+    swept = DisentangledDiffusionPipeline.traverse_units(units, 2, [10.0, 20.0, 30.0])
+    assert swept.shape == (6, 4)
+    assert swept[:, 2].tolist() == [10, 20, 30, 10, 20, 30]
+    assert torch.equal(swept[:3, [0, 1, 3]], units[:1, [0, 1, 3]].expand(3, -1))
+    with pytest.raises(ValueError, match="out of range"):
+        DisentangledDiffusionPipeline.traverse_units(units, 4, [0.0])
+    with pytest.raises(ValueError, match="donor_units"):
+        DisentangledDiffusionPipeline.swap_units(units, donors[:, :3], 0)
+
+
+def test_interchange_grid(pipeline):
+    grid = pipeline.interchange_grid(random_images(3), unit_indices=[0, 2], num_inference_steps=2)
+    assert grid.size == ((2 + 1 + 2) * SIZE, 3 * SIZE)
+    full = pipeline.interchange_grid(random_images(2), donor_images=random_images(2, seed=5), num_inference_steps=1)
+    assert full.size == ((2 + 1 + NUM_UNITS) * SIZE, 2 * SIZE)
+
+
+def test_save_load_gives_identical_outputs(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path)
+    loaded = DisentangledDiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.anchorer.is_fitted and loaded.vae is None
+    images = random_images(2)
+    assert torch.equal(render(loaded, images=images).images, render(pipeline, images=images).images)
+    assert torch.equal(render(loaded, num_images=3).images, render(pipeline, num_images=3).images)
+
+
+def test_plain_diffusers_loads_it_with_custom_pipeline(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
+    assert type(loaded).__name__ == "DisentangledDiffusionPipeline"
+    loaded.set_progress_bar_config(disable=True)
+    images = random_images(2)
+    assert torch.equal(render(loaded, images=images).images, render(pipeline, images=images).images)
+
+
+def build_offline_hub_cache(pipeline, cache_dir: Path, repo_id: str) -> Path:
+    """Lays out `cache_dir` the way huggingface_hub caches a downloaded model repo."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_folder = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_folder / "snapshots" / commit
+    pipeline.save_pretrained(snapshot)
+    (repo_folder / "refs").mkdir(parents=True)
+    (repo_folder / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_loads_from_a_hub_repo_id_through_snapshot_download(pipeline, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    snapshot = build_offline_hub_cache(pipeline, tmp_path / "hub", "someone/tiny-dyga")
+    loaded = DisentangledDiffusionPipeline.from_pretrained("someone/tiny-dyga", cache_dir=tmp_path / "hub")
+    loaded.set_progress_bar_config(disable=True)
+    assert Path(loaded.name_or_path) == snapshot
+    images = random_images(2)
+    assert torch.equal(render(loaded, images=images).images, render(pipeline, images=images).images)
+    with pytest.raises(Exception, match="(?i)offline|cannot find|not found|local"):
+        DisentangledDiffusionPipeline.from_pretrained("someone/missing-repo", cache_dir=tmp_path / "hub")
+
+
+def test_corrupt_component_checkpoint_raises(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path / "truncated")
+    weights = tmp_path / "truncated" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(Exception, match="Unable to load weights.*unet"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path / "truncated")
+    pipeline.save_pretrained(tmp_path / "missing")
+    shutil.rmtree(tmp_path / "missing" / "encoder")
+    with pytest.raises(ValueError, match="lacks its 'encoder' component"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path / "missing")
+    (tmp_path / "missing" / "model_index.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="model_index.json is corrupt"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no model_index.json"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path / "missing" / "unet")
+
+
+@pytest.mark.parametrize("vae_class", [AutoencoderKL, VQModel])
+def test_latent_diffusion_with_a_vae(vae_class, tmp_path):
+    torch.manual_seed(0)
+    vae = vae_class(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=SIZE,
+    )
+    unet = tiny_unet(sample_size=SIZE // 2, in_channels=4, out_channels=4)
+    pipe = DisentangledDiffusionPipeline(tiny_encoder(), unet, DDIMScheduler(num_train_timesteps=10), vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    out = render(pipe, images=random_images(2))
+    assert out.images.shape == (2, 3, SIZE, SIZE)
+    pipe.save_pretrained(tmp_path)
+    loaded = DisentangledDiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.vae, vae_class) and loaded.anchorer is None
+    assert torch.equal(render(loaded, images=random_images(2)).images, out.images)
