@@ -1,0 +1,61 @@
+"""Times the full metric suite with disentanglement_lib's settings on the default `shapes` grid (480,000 rows):
+each metric draws its own 10,000 training rows (and 5,000 test rows / evaluation votes).
+
+    python benchmarks/metrics_speed.py --output benchmarks/results/metrics_speed.json
+
+Three synthetic representations of the grid cover easy and hard inputs for the classifiers: the factors plus
+noise codes, a mixing rotation of the factors, and pure noise.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, write_json  # noqa: E402
+
+from diffusers_dyga.data import SHAPES_FACTOR_SIZES, grid_factors  # noqa: E402
+from diffusers_dyga.evaluation import dci, downstream_accuracy, factor_vae_score, mig, modularity_explicitness, sap  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="benchmarks/results/metrics_speed.json")
+    args = parser.parse_args()
+    sizes = SHAPES_FACTOR_SIZES
+    factors = grid_factors(sizes)
+    rng = np.random.RandomState(0)
+    scaled = factors / np.asarray(sizes, dtype=float)
+    representations = {
+        "factors+noise": np.concatenate([scaled + 0.01 * rng.randn(*scaled.shape), rng.randn(len(factors), 4)], 1),
+        "rotated": scaled @ np.linalg.qr(rng.randn(len(sizes), len(sizes)))[0],
+        "noise": rng.randn(len(factors), 10),
+    }
+    metrics = {
+        "factor_vae": lambda codes: factor_vae_score(codes, factors, sizes),
+        "dci": lambda codes: dci(codes, factors),
+        "mig": lambda codes: mig(codes, factors),
+        "sap": lambda codes: sap(codes, factors),
+        "modularity_explicitness": lambda codes: modularity_explicitness(codes, factors),
+        "downstream": lambda codes: downstream_accuracy(codes, factors),
+    }
+    rows, results = [], {}
+    for kind, codes in representations.items():
+        results[kind] = {}
+        for name, metric in metrics.items():
+            start = time.perf_counter()
+            scores = metric(codes)
+            seconds = time.perf_counter() - start
+            results[kind][name] = {"seconds": seconds, "scores": scores}
+            rows.append([kind, name, seconds, ", ".join(f"{k}={v:.3f}" for k, v in scores.items())])
+        results[kind]["total_seconds"] = sum(r["seconds"] for r in results[kind].values())
+        rows.append([kind, "TOTAL", results[kind]["total_seconds"], ""])
+    print_table(["representation", "metric", "seconds", "scores"], rows)
+    write_json(args.output, {"grid_rows": len(factors), "factor_sizes": list(sizes), "results": results})
+
+
+if __name__ == "__main__":
+    main()
