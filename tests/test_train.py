@@ -1,0 +1,200 @@
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from huggingface_hub.utils import filter_repo_objects
+
+from diffusers_dyga import DisentangledDiffusionPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train_scripts" / "train.py"
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("dyga_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_train_module()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("train-cache"))
+
+
+def tiny_args(output_dir, cache_dir, *extra) -> list[str]:
+    return [
+        "--dataset", "builtin:shapes",
+        "--resolution", "16",
+        "--factor_sizes", "2", "2", "2", "1", "2", "1",
+        "--cache_dir", cache_dir,
+        "--train_batch_size", "4",
+        "--max_train_steps", "6",
+        "--dyga_every", "3",
+        "--dyga_samples", "16",
+        "--checkpointing_steps", "3",
+        "--validation_steps", "100",
+        "--validation_inference_steps", "2",
+        "--num_validation_images", "2",
+        "--eval_num_train", "64",
+        "--eval_num_test", "32",
+        "--output_dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip
+
+
+def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path, cache_dir):
+    output = tmp_path / "run"
+    train.main(train.parse_args(tiny_args(output, cache_dir, "--use_ema")))
+    for name in ("model_index.json", "README.md", "interchange_grid.png", "training_report.json"):
+        assert (output / name).is_file(), name
+    assert (output / "checkpoint-3" / "anchorer").is_dir() and (output / "checkpoint-6" / "unet_ema").is_dir()
+    assert any(f.startswith("events.out.tfevents") for _, _, files in os.walk(output / "logs") for f in files)
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["steps"] == 6 and [fit["step"] for fit in report["dyga_fits"]] == [3, 6, 6]
+    assert set(report["metrics"]) == {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
+
+    pipe = DisentangledDiffusionPipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.anchorer.is_fitted and pipe.unet.config.skip_dropout == 0.2
+    images = pipe(num_images=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert len(images) == 2 and images[0].size == (16, 16)
+    card = (output / "README.md").read_text()
+    assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
+    assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
+
+
+def final_state(output) -> dict[str, torch.Tensor]:
+    pipe = DisentangledDiffusionPipeline.from_pretrained(output)
+    state = {}
+    for name in ("encoder", "unet", "anchorer"):
+        state.update({f"{name}.{k}": v for k, v in getattr(pipe, name).state_dict().items()})
+    return state
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cache_dir):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train.main(train.parse_args(tiny_args(straight, cache_dir, "--use_ema", "--lr_scheduler", "constant")))
+    AcceleratorState._reset_state(True)
+    halfway = tiny_args(resumed, cache_dir, "--use_ema", "--lr_scheduler", "constant")
+    halfway[halfway.index("--max_train_steps") + 1] = "3"
+    train.main(train.parse_args(halfway))
+    AcceleratorState._reset_state(True)
+    train.main(
+        train.parse_args(
+            tiny_args(resumed, cache_dir, "--use_ema", "--lr_scheduler", "constant", "--resume_from_checkpoint", "latest")
+        )
+    )
+    expected, got = final_state(straight), final_state(resumed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_two_process_launch_shares_one_anchorer_state(tmp_path, cache_dir):
+    output = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *tiny_args(output, cache_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((output / "training_report.json").read_text())
+    assert len(report["dyga_fits"]) >= 2
+    for fit in report["dyga_fits"]:
+        assert len(fit["checksums"]) == 2 and len(set(fit["checksums"])) == 1
+    assert (output / "model_index.json").is_file()
+    assert "MULTI_CPU" in result.stdout + result.stderr
+    DisentangledDiffusionPipeline.from_pretrained(output)
+
+
+def test_push_to_hub_uploads_the_pipeline_without_checkpoints_or_logs(tmp_path, cache_dir, monkeypatch):
+    uploads = {}
+
+    class FakeRepo:
+        repo_id = "someone/tiny-dyga"
+
+    def fake_create_repo(repo_id, **kwargs):
+        uploads["created"] = repo_id
+        return FakeRepo()
+
+    def fake_upload_folder(repo_id, folder_path, ignore_patterns=None, **kwargs):
+        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
+        uploads["repo_id"] = repo_id
+        uploads["files"] = sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+
+    monkeypatch.setattr(train, "create_repo", fake_create_repo)
+    monkeypatch.setattr(train, "upload_folder", fake_upload_folder)
+    output = tmp_path / "push"
+    train.main(train.parse_args(tiny_args(output, cache_dir, "--push_to_hub", "--hub_model_id", "someone/tiny-dyga")))
+    assert uploads["created"] == uploads["repo_id"] == "someone/tiny-dyga"
+    files = uploads["files"]
+    assert "model_index.json" in files and "README.md" in files and "interchange_grid.png" in files
+    assert "anchorer/diffusion_pytorch_model.safetensors" in files and "unet/config.json" in files
+    assert not [f for f in files if f.startswith(("checkpoint-", "logs/", "validation/"))]
+    card = (output / "README.md").read_text()
+    assert 'from_pretrained("someone/tiny-dyga")' in card and "# someone/tiny-dyga" in card
+
+
+def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path, cache_dir, "--model_config", "huge"))
+    assert "Unknown --model_config 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--output_dir", str(tmp_path)])
+    assert "exactly one of --dataset" in capsys.readouterr().err
+
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(
+        block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4, norm_num_groups=8,
+    ).save_pretrained(tmp_path / "vae")  # fmt: skip
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path / "out", cache_dir, "--vae", str(tmp_path / "vae"), "--resolution", "18"))
+    assert "not divisible by the VAE's downsampling factor 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path / "out", cache_dir, "--vae", str(tmp_path)))
+    assert "no config.json" in capsys.readouterr().err
+
+    shapes = train.load_builtin("shapes", resolution=16, factor_sizes=(1, 1, 2, 1, 2, 1), cache_dir=cache_dir)
+    shapes.rename_column("image", "picture").save_to_disk(str(tmp_path / "no-image-column"))
+    no_image = tiny_args(tmp_path / "never", cache_dir)
+    no_image[0:2] = ["--dataset_name", str(tmp_path / "no-image-column")]
+    args = train.parse_args(no_image)
+    with pytest.raises(ValueError, match="no image column 'image'"):
+        train.main(args)
+    assert not list((tmp_path / "never").glob("checkpoint-*"))
+    result = subprocess.run([sys.executable, str(SCRIPT), *no_image], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "train.py: error:" in result.stderr and "no image column" in result.stderr
+
+
+def test_latent_training_with_a_local_vae(tmp_path, cache_dir):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4, norm_num_groups=8,
+    ).save_pretrained(tmp_path / "vae")  # fmt: skip
+    args = tiny_args(tmp_path / "latent", cache_dir, "--vae", str(tmp_path / "vae"), "--resolution", "32")
+    args[args.index("--max_train_steps") + 1] = "2"
+    train.main(train.parse_args(args))
+    pipe = DisentangledDiffusionPipeline.from_pretrained(tmp_path / "latent")
+    assert pipe.vae is not None and pipe.unet.config.sample_size == 16 and pipe.unet.config.in_channels == 4

@@ -1,0 +1,706 @@
+#!/usr/bin/env python
+"""Trains a DisentangledEncoder and a SkipDropoutUNet jointly with the denoising loss, refitting DyGA on a schedule.
+
+    accelerate launch train_scripts/train.py --dataset builtin:shapes --resolution 32 --model_config tiny \
+        --max_train_steps 2000 --output_dir outputs/shapes-tiny
+
+Follows the diffusers example scripts: `Accelerator`, save/load-state hooks, `EMAModel`, `get_scheduler`,
+`checkpoint-{step}` folders, `--resume_from_checkpoint latest`, `--push_to_hub`.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, broadcast, gather_object, set_seed
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, VQModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils.hub_utils import populate_model_card
+from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
+from tqdm.auto import tqdm
+
+from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
+from diffusers_dyga.data import factor_names, factor_sizes, factors_array, images_to_tensor, load_builtin, load_image_dataset
+from diffusers_dyga.evaluation import encode_dataset, evaluate_representation, flatten_metrics
+
+logger = get_logger(__name__)
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "disentangled_diffusion.md"
+
+PRESETS = {
+    "tiny": {
+        "resolution": 32,
+        "num_units": 10,
+        "unit_dim": 32,
+        "encoder_channels": [32, 32, 64, 64],
+        "encoder_hidden_dim": 256,
+        "token_hidden_dim": 64,
+        "unet_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "max_attention_resolution": 16,
+        "attention_head_dim": 8,
+        "train_batch_size": 32,
+        "learning_rate": 2e-4,
+        "lr_warmup_steps": 100,
+        "num_train_timesteps": 1000,
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "prediction_type": "epsilon",
+        "loss": "l2",
+        "skip_dropout": 0.2,
+        "ema_decay": 0.999,
+        "dyga_every": 250,
+        "dyga_samples": 2000,
+    },
+    "paper": {
+        "resolution": 64,
+        "num_units": 20,
+        "unit_dim": 32,
+        "encoder_channels": [32, 32, 64, 64],
+        "encoder_hidden_dim": 256,
+        "token_hidden_dim": 64,
+        "unet_channels": [64, 128, 256, 256],
+        "layers_per_block": 2,
+        "max_attention_resolution": 16,
+        "attention_head_dim": 32,
+        "train_batch_size": 512,
+        "learning_rate": 1e-4,
+        "lr_warmup_steps": 500,
+        "num_train_timesteps": 1000,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.0015,
+        "beta_end": 0.0155,
+        "prediction_type": "epsilon",
+        "loss": "l1",
+        "skip_dropout": 0.2,
+        "ema_decay": 0.9999,
+        "dyga_every": 2000,
+        "dyga_samples": 10000,
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=None, help="builtin:shapes or builtin:dsprites (factors known).")
+    data.add_argument("--dataset_name", default=None, help="A Hub dataset id or local path loadable with datasets.")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--factor_sizes", type=int, nargs="+", default=None, help="Factor sizes of a builtin dataset.")
+    data.add_argument("--resolution", type=int, default=None)
+    data.add_argument("--cache_dir", default=None, help="Where generated datasets are cached.")
+    data.add_argument("--vae", default=None, help="Local AutoencoderKL or VQModel folder: train in its latent space.")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_config", default="tiny", help=f"Preset: {', '.join(PRESETS)}.")
+    model.add_argument("--num_units", type=int, default=None)
+    model.add_argument("--unit_dim", type=int, default=None)
+    model.add_argument("--skip_dropout", type=float, default=None)
+    model.add_argument("--skip_dropout_resolutions", type=int, nargs="+", default=None)
+    model.add_argument("--dyga", action=argparse.BooleanOptionalAction, default=True, help="Use DyGA (--no-dyga: off).")
+    model.add_argument("--dyga_every", type=int, default=None, help="Refit the anchorer every this many steps.")
+    model.add_argument("--dyga_samples", type=int, default=None, help="Images whose tokens each refit uses.")
+    model.add_argument("--dyga_init_components", type=int, default=4)
+    model.add_argument("--dyga_max_components", type=int, default=10)
+    model.add_argument("--dyga_lambda_mode", choices=["adaptive", "fixed"], default="adaptive")
+    model.add_argument("--dyga_lambda", type=float, default=0.1)
+    model.add_argument("--num_train_timesteps", type=int, default=None)
+    model.add_argument("--beta_schedule", default=None, choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    model.add_argument("--beta_start", type=float, default=None)
+    model.add_argument("--beta_end", type=float, default=None)
+    model.add_argument("--prediction_type", default=None, choices=["epsilon", "v_prediction", "sample"])
+    model.add_argument("--loss", default=None, choices=["l1", "l2"])
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default="outputs/dyga")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train_batch_size", type=int, default=None)
+    train.add_argument("--num_train_epochs", type=int, default=1)
+    train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=None)
+    train.add_argument("--lr_scheduler", default="constant_with_warmup")
+    train.add_argument("--lr_warmup_steps", type=int, default=None)
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.999)
+    train.add_argument("--adam_weight_decay", type=float, default=0.0)
+    train.add_argument("--adam_epsilon", type=float, default=1e-8)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--use_ema", action="store_true", help="Keep an EMA of the U-Net and the encoder.")
+    train.add_argument("--ema_decay", type=float, default=None)
+    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    train.add_argument("--dataloader_num_workers", type=int, default=0)
+    train.add_argument("--report_to", default="tensorboard")
+    train.add_argument("--logging_dir", default="logs")
+    train.add_argument("--checkpointing_steps", type=int, default=500)
+    train.add_argument("--checkpoints_total_limit", type=int, default=None)
+    train.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint folder or "latest".')
+    validation = parser.add_argument_group("validation")
+    validation.add_argument("--validation_steps", type=int, default=500)
+    validation.add_argument("--num_validation_images", type=int, default=4)
+    validation.add_argument("--validation_inference_steps", type=int, default=50)
+    validation.add_argument("--eval_max_rows", type=int, default=100000, help="Metrics on grids up to this size.")
+    validation.add_argument("--eval_num_train", type=int, default=10000)
+    validation.add_argument("--eval_num_test", type=int, default=5000)
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id", default=None)
+    hub.add_argument("--hub_token", default=None)
+    hub.add_argument("--hub_private_repo", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.model_config not in PRESETS:
+        parser.error(f"Unknown --model_config {args.model_config!r}; choose one of {', '.join(PRESETS)}.")
+    if (args.dataset is None) == (args.dataset_name is None):
+        parser.error("Pass exactly one of --dataset (builtin:shapes, builtin:dsprites) and --dataset_name.")
+    if args.dataset is not None and not args.dataset.startswith("builtin:"):
+        parser.error(f"--dataset takes builtin:shapes or builtin:dsprites, got {args.dataset!r}; use --dataset_name.")
+    preset = PRESETS[args.model_config]
+    for name, value in preset.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if args.push_to_hub and args.hub_model_id is None:
+        parser.error("--push_to_hub needs --hub_model_id.")
+    if args.vae is not None:
+        try:
+            vae_config = read_vae_config(args.vae)
+        except (OSError, ValueError) as error:
+            parser.error(f"--vae {args.vae}: {error}")
+        args.vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+        if args.resolution % args.vae_scale:
+            parser.error(f"--resolution {args.resolution} is not divisible by the VAE's downsampling factor {args.vae_scale}.")
+    else:
+        args.vae_scale = 1
+    unet_size = args.resolution // args.vae_scale
+    if unet_size % 2 ** (len(args.unet_channels) - 1):
+        parser.error(
+            f"The U-Net input is {unet_size}x{unet_size} (--resolution {args.resolution} / VAE factor {args.vae_scale}), "
+            f"not divisible by 2**{len(args.unet_channels) - 1} for {len(args.unet_channels)} U-Net levels."
+        )
+    if args.resolution % 2 ** len(args.encoder_channels):
+        parser.error(f"--resolution {args.resolution} must be divisible by {2 ** len(args.encoder_channels)} for the encoder.")
+    return args
+
+
+def read_vae_config(path: str) -> dict:
+    """The config of a local AutoencoderKL or VQModel folder."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError("not a local VAE folder (no config.json).")
+    with open(config_path) as file:
+        config = json.load(file)
+    if config.get("_class_name") not in ("AutoencoderKL", "VQModel"):
+        raise ValueError(f"expected an AutoencoderKL or VQModel, got {config.get('_class_name')}.")
+    return config
+
+
+def load_training_data(args: argparse.Namespace) -> datasets.Dataset:
+    if args.dataset is not None:
+        options = {"resolution": args.resolution, "cache_dir": args.cache_dir}
+        if args.factor_sizes is not None:
+            options["factor_sizes"] = tuple(args.factor_sizes)
+        return load_builtin(args.dataset.split(":", 1)[1], **options)
+    load_kwargs = {"name": args.dataset_config_name} if args.dataset_config_name else {}
+    return load_image_dataset(args.dataset_name, image_column=args.image_column, **load_kwargs)
+
+
+def prepare_images(images: list[PIL.Image.Image], resolution: int, channels: int) -> torch.Tensor:
+    """Dataset images -> `(B, channels, resolution, resolution)` in [-1, 1]; other sizes are centre-cropped to a
+    square and resized, as in the diffusers example scripts."""
+    mode = "L" if channels == 1 else "RGB"
+    prepared = []
+    for image in images:
+        image = image.convert(mode) if image.mode != mode else image
+        if image.size != (resolution, resolution):
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), PIL.Image.BICUBIC)
+        prepared.append(image)
+    return images_to_tensor(prepared)
+
+
+def build_models(args: argparse.Namespace, in_channels: int, latent_channels: int):
+    encoder = DisentangledEncoder(
+        sample_size=args.resolution,
+        in_channels=in_channels,
+        num_units=args.num_units,
+        unit_dim=args.unit_dim,
+        block_out_channels=tuple(args.encoder_channels),
+        hidden_dim=args.encoder_hidden_dim,
+        token_hidden_dim=args.token_hidden_dim,
+    )
+    size = args.resolution // args.vae_scale
+    attention = [size // 2**level <= args.max_attention_resolution for level in range(len(args.unet_channels))]
+    unet = SkipDropoutUNet(
+        sample_size=size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        block_out_channels=tuple(args.unet_channels),
+        layers_per_block=args.layers_per_block,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+        cross_attention_dim=args.unit_dim,
+        attention_head_dim=args.attention_head_dim,
+        norm_num_groups=min(32, args.unet_channels[0]),
+        skip_dropout=args.skip_dropout,
+        skip_dropout_resolutions=args.skip_dropout_resolutions,
+    )
+    anchorer = DyGAAnchorer(
+        num_units=args.num_units,
+        unit_dim=args.unit_dim,
+        max_components=args.dyga_max_components,
+        init_components=args.dyga_init_components,
+        lambda_mode=args.dyga_lambda_mode,
+        lambda_value=args.dyga_lambda,
+        seed=args.seed,
+    )
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=args.beta_schedule,
+        beta_start=args.beta_start,
+        beta_end=args.beta_end,
+        prediction_type=args.prediction_type,
+    )
+    return encoder, unet, anchorer, noise_scheduler
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of the rows that depends only on the seed and the epoch, so a resumed run sees the same
+    batches as an uninterrupted one."""
+
+    def __init__(self, num_rows: int, seed: int):
+        self.num_rows, self.seed, self.epoch = num_rows, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.RandomState(self.seed + self.epoch).permutation(self.num_rows).tolist())
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+
+def anchorer_checksum(anchorer: DyGAAnchorer) -> str:
+    digest = hashlib.sha256()
+    for name, buffer in sorted(anchorer.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(buffer.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> dict:
+    """Encodes `dyga_samples` rows (split across processes), gathers the tokens on every process, fits the
+    anchorer, then broadcasts rank 0's state so every rank holds exactly the same anchors."""
+    per_process = max(1, args.dyga_samples // accelerator.num_processes)
+    rows = np.random.RandomState(args.seed + step).choice(len(dataset), per_process * accelerator.num_processes)
+    mine = rows[accelerator.process_index :: accelerator.num_processes]
+    tokens = []
+    for start in range(0, len(mine), 256):
+        rows = dataset.select(mine[start : start + 256].tolist())["image"]
+        images = prepare_images(rows, args.resolution, encoder.config.in_channels)
+        tokens.append(encoder(images.to(accelerator.device, dtype=encoder.dtype)).tokens.float())
+    all_tokens = accelerator.gather(torch.cat(tokens))
+    start = time.perf_counter()
+    anchorer.fit(all_tokens.cpu())
+    seconds = time.perf_counter() - start
+    anchorer.to(accelerator.device)
+    for buffer in anchorer.buffers():
+        buffer.copy_(broadcast(buffer.clone(), from_process=0))
+    checksums = gather_object([anchorer_checksum(anchorer)])
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"DyGA state differs across processes after the fit at step {step}: {checksums}")
+    return {"step": step, "seconds": seconds, "num_components": anchorer.num_components.tolist(), "checksums": checksums}
+
+
+def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset, args) -> dict | None:
+    """The metric suite on the whole factor grid, when the dataset has factors and is small enough."""
+    if not factor_names(dataset) or len(dataset) > args.eval_max_rows:
+        return None
+    codes = encode_dataset(pipeline.encode, dataset)
+    return evaluate_representation(
+        codes,
+        factors_array(dataset),
+        factor_sizes(dataset),
+        num_train=min(args.eval_num_train, len(dataset)),
+        num_test=min(args.eval_num_test, len(dataset)),
+        factor_names=factor_names(dataset),
+        random_state=args.seed,
+    )
+
+
+def validation_sources(dataset: datasets.Dataset, args, channels: int) -> torch.Tensor:
+    rows = np.random.RandomState(args.seed).choice(len(dataset), size=min(args.num_validation_images, len(dataset)), replace=False)
+    return prepare_images(dataset.select(sorted(rows.tolist()))["image"], args.resolution, channels)
+
+
+def log_validation(pipeline, dataset, args, accelerator, step: int) -> tuple[PIL.Image.Image, dict | None]:
+    generator = torch.Generator().manual_seed(args.seed)
+    sources = validation_sources(dataset, args, pipeline.encoder.config.in_channels)
+    grid = pipeline.interchange_grid(sources, num_inference_steps=args.validation_inference_steps, generator=generator)
+    os.makedirs(os.path.join(args.output_dir, "validation"), exist_ok=True)
+    grid.save(os.path.join(args.output_dir, "validation", f"interchange-{step}.png"))
+    metrics = evaluate(pipeline, dataset, args)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("interchange_grid", np.asarray(grid), step, dataformats="HWC")
+    if metrics is not None:
+        accelerator.log({f"metrics/{k}": v for k, v in flatten_metrics(metrics).items()}, step=step)
+        logger.info(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in flatten_metrics(metrics).items()))
+    return grid, metrics
+
+
+def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes: float, num_processes: int, device: str) -> ModelCard:
+    if metrics is None:
+        table = "No factor labels for this dataset (or the grid is larger than --eval_max_rows): not measured."
+    else:
+        rows = [f"| {k} | {v:.3f} |" for k, v in flatten_metrics(metrics).items()]
+        table = "| metric | value |\n|---|---|\n" + "\n".join(rows)
+    dataset = args.dataset or args.dataset_name
+    card_data = ModelCardData(
+        library_name="diffusers", license="apache-2.0", tags=["disentanglement", "dyga", "diffusers-dyga"]
+    )
+    total_batch = args.train_batch_size * num_processes * args.gradient_accumulation_steps
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(MODEL_CARD_TEMPLATE),
+        model_name=args.hub_model_id or Path(args.output_dir).name,
+        repo_id=args.hub_model_id or args.output_dir,
+        dataset=dataset + (f" (factor sizes {args.factor_sizes})" if args.factor_sizes else ""),
+        num_images=num_images,
+        resolution=args.resolution,
+        model_config=args.model_config,
+        num_units=args.num_units,
+        unit_dim=args.unit_dim,
+        max_train_steps=args.max_train_steps,
+        total_batch_size=total_batch,
+        train_batch_size=args.train_batch_size,
+        num_processes=num_processes,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler=args.lr_scheduler,
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=args.beta_schedule,
+        beta_start=args.beta_start,
+        beta_end=args.beta_end,
+        prediction_type=args.prediction_type,
+        loss=args.loss,
+        skip_dropout=args.skip_dropout,
+        dyga_summary=(
+            f"refit every {args.dyga_every} steps on {args.dyga_samples} images, {args.dyga_init_components} to at most "
+            f"{args.dyga_max_components} components per unit, {args.dyga_lambda_mode} lambda {args.dyga_lambda}"
+            if args.dyga
+            else "off"
+        ),
+        ema_summary=f"decay {args.ema_decay}" if args.use_ema else "off",
+        wall_minutes=f"{wall_minutes:.1f}",
+        device=device,
+        metrics_table=table,
+    )
+    return populate_model_card(card, tags=["disentangled-representation-learning"])
+
+
+def main(args: argparse.Namespace) -> str:
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.report_to != "none" else None,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise ValueError(
+            f"{launched} processes were launched but accelerate did not set up distributed training, so each would "
+            "train alone and overwrite the others' output. On CPUs, set ACCELERATE_USE_CPU=true (or pick multi-CPU "
+            "in `accelerate config`)."
+        )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    with accelerator.main_process_first():
+        dataset = load_training_data(args)
+    in_channels = 1 if dataset[0]["image"].mode in ("L", "1") else 3
+
+    vae = None
+    if args.vae is not None:
+        vae_class = AutoencoderKL if read_vae_config(args.vae)["_class_name"] == "AutoencoderKL" else VQModel
+        vae = vae_class.from_pretrained(args.vae).requires_grad_(False).eval()
+        if vae.config.in_channels != in_channels:
+            raise ValueError(f"The VAE takes {vae.config.in_channels} channels, the images have {in_channels}.")
+    latent_channels = vae.config.latent_channels if vae is not None else in_channels
+    encoder, unet, anchorer, noise_scheduler = build_models(args, in_channels, latent_channels)
+
+    ema_unet = ema_encoder = None
+    if args.use_ema:
+        ema_unet = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=SkipDropoutUNet, model_config=unet.config)
+        ema_encoder = EMAModel(
+            encoder.parameters(), decay=args.ema_decay, model_cls=DisentangledEncoder, model_config=encoder.config
+        )
+
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                unwrapped = accelerator.unwrap_model(model)
+                name = "unet" if isinstance(unwrapped, SkipDropoutUNet) else "encoder"
+                unwrapped.save_pretrained(os.path.join(output_dir, name))
+            anchorer.save_pretrained(os.path.join(output_dir, "anchorer"))
+            if args.use_ema:
+                ema_unet.save_pretrained(os.path.join(output_dir, "unet_ema"))
+                ema_encoder.save_pretrained(os.path.join(output_dir, "encoder_ema"))
+        while weights:
+            weights.pop()
+
+    def load_model_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            model_class = type(model)
+            name = "unet" if isinstance(model, SkipDropoutUNet) else "encoder"
+            loaded = model_class.from_pretrained(input_dir, subfolder=name)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+        anchorer.load_state_dict(DyGAAnchorer.from_pretrained(input_dir, subfolder="anchorer").state_dict())
+        anchorer.to(accelerator.device)
+        if args.use_ema:
+            for ema, name, model_class in ((ema_unet, "unet_ema", SkipDropoutUNet), (ema_encoder, "encoder_ema", DisentangledEncoder)):
+                loaded = EMAModel.from_pretrained(os.path.join(input_dir, name), model_cls=model_class)
+                ema.load_state_dict(loaded.state_dict())
+                ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    optimizer = torch.optim.AdamW(
+        list(encoder.parameters()) + list(unet.parameters()),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+
+    def collate(rows: list[dict]) -> dict:
+        return {"pixel_values": prepare_images([row["image"] for row in rows], args.resolution, in_channels)}
+
+    sampler = EpochSampler(len(dataset), args.seed)
+    train_dataloader = torch.utils.data.DataLoader(
+        dataset.select_columns(["image"]),
+        batch_size=args.train_batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    if len(train_dataloader) == 0:
+        raise ValueError(f"The dataset has {len(dataset)} images, fewer than one batch of {args.train_batch_size}.")
+
+    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    encoder, unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        encoder, unet, optimizer, train_dataloader, lr_scheduler
+    )
+    anchorer.to(accelerator.device)
+    if vae is not None:
+        vae.to(accelerator.device)
+    if args.use_ema:
+        ema_unet.to(accelerator.device)
+        ema_encoder.to(accelerator.device)
+    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
+
+    if accelerator.is_main_process:
+        tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        accelerator.init_trackers("diffusers-dyga", config=tracker_config)
+
+    global_step, first_epoch, resume_step = 0, 0, 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            found = sorted(
+                (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")) if os.path.isdir(args.output_dir) else [],
+                key=lambda d: int(d.split("-")[1]),
+            )
+            path = os.path.join(args.output_dir, found[-1]) if found else None
+        else:
+            path = args.resume_from_checkpoint
+        if path is None or not os.path.isdir(path):
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no checkpoint found.")
+        accelerator.print(f"Resuming from {path}")
+        accelerator.load_state(path)
+        global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+        first_epoch = global_step // num_update_steps_per_epoch
+        resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+
+    total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(f"  Num examples = {len(dataset)}; total batch size = {total_batch_size}; steps = {args.max_train_steps}")
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
+    scaling = getattr(vae.config, "scaling_factor", 1.0) if vae is not None else 1.0
+    dyga_fits = []
+    start_time = time.perf_counter()
+
+    def to_latents(pixels: torch.Tensor) -> torch.Tensor:
+        if vae is None:
+            return pixels
+        with torch.no_grad():
+            encoded = vae.encode(pixels.to(vae.dtype))
+            latents = encoded.latent_dist.sample() if hasattr(encoded, "latent_dist") else encoded.latents
+        return latents * scaling
+
+    for epoch in range(first_epoch, num_train_epochs):
+        train_dataloader.set_epoch(epoch)
+        epoch_loader = train_dataloader
+        if epoch == first_epoch and resume_step:
+            epoch_loader = accelerator.skip_first_batches(train_dataloader, resume_step)
+            epoch_loader.set_epoch(epoch)
+        for batch in epoch_loader:
+            with accelerator.accumulate(encoder, unet):
+                pixels = batch["pixel_values"]
+                latents = to_latents(pixels)
+                noise = torch.randn_like(latents)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                tokens = encoder(pixels).tokens
+                if args.dyga and anchorer.is_fitted:
+                    tokens = anchorer.align(tokens)
+                prediction = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
+                if args.prediction_type == "epsilon":
+                    target = noise
+                elif args.prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = latents
+                loss_fn = F.l1_loss if args.loss == "l1" else F.mse_loss
+                loss = loss_fn(prediction.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(list(encoder.parameters()) + list(unet.parameters()), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+
+            if not accelerator.sync_gradients:
+                continue
+            if args.use_ema:
+                ema_unet.step(unet.parameters())
+                ema_encoder.step(encoder.parameters())
+            progress_bar.update(1)
+            global_step += 1
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            if args.dyga and global_step % args.dyga_every == 0:
+                fit = fit_anchorer(args, accelerator, accelerator.unwrap_model(encoder), anchorer, dataset, global_step)
+                dyga_fits.append(fit)
+                logs["dyga/mean_components"] = float(np.mean(fit["num_components"]))
+                logs["dyga/fit_seconds"] = fit["seconds"]
+            accelerator.log(logs, step=global_step)
+            progress_bar.set_postfix(loss=logs["loss"])
+
+            if global_step % args.checkpointing_steps == 0:
+                if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+                    existing = sorted(
+                        (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1])
+                    )
+                    for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+                        shutil.rmtree(os.path.join(args.output_dir, old))
+                accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+
+            if accelerator.is_main_process and global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
+                with ema_weights(args, ema_unet, ema_encoder, unet, encoder):
+                    pipeline = make_pipeline(accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
+                    log_validation(pipeline, dataset, args, accelerator, global_step)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    encoder, unet = accelerator.unwrap_model(encoder), accelerator.unwrap_model(unet)
+    if args.use_ema:
+        ema_unet.copy_to(unet.parameters())
+        ema_encoder.copy_to(encoder.parameters())
+    if args.dyga:
+        dyga_fits.append(fit_anchorer(args, accelerator, encoder, anchorer, dataset, global_step))
+    if accelerator.is_main_process:
+        wall_minutes = (time.perf_counter() - start_time) / 60
+        pipeline = make_pipeline(accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
+        grid, metrics = log_validation(pipeline, dataset, args, accelerator, global_step)
+        pipeline.save_pretrained(args.output_dir)
+        grid.save(os.path.join(args.output_dir, "interchange_grid.png"))
+        report = {"steps": global_step, "wall_minutes": wall_minutes, "metrics": metrics, "dyga_fits": dyga_fits}
+        with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
+            json.dump(report, file, indent=2)
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        card = render_model_card(args, metrics, len(dataset), wall_minutes, accelerator.num_processes, device)
+        card.save(os.path.join(args.output_dir, "README.md"))
+        if args.push_to_hub:
+            repo_id = create_repo(args.hub_model_id, exist_ok=True, token=args.hub_token, private=args.hub_private_repo).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=args.output_dir,
+                commit_message="Upload DisentangledDiffusionPipeline trained with diffusers-dyga",
+                ignore_patterns=["checkpoint-*", "checkpoint-*/**", f"{args.logging_dir}/**", "validation/**", "step_*", "epoch_*"],
+                token=args.hub_token,
+            )
+    accelerator.end_training()
+    return args.output_dir
+
+
+@contextmanager
+def ema_weights(args, ema_unet, ema_encoder, unet, encoder) -> Iterator[None]:
+    """The U-Net and encoder hold their EMA weights inside, their training weights again after."""
+    pairs = [(ema_unet, unet), (ema_encoder, encoder)] if args.use_ema else []
+    for ema, model in pairs:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    try:
+        yield
+    finally:
+        for ema, model in pairs:
+            ema.restore(model.parameters())
+
+
+def make_pipeline(accelerator, encoder, unet, anchorer, vae, noise_scheduler) -> DisentangledDiffusionPipeline:
+    pipeline = DisentangledDiffusionPipeline(
+        encoder=accelerator.unwrap_model(encoder),
+        unet=accelerator.unwrap_model(unet),
+        scheduler=DDIMScheduler.from_config(noise_scheduler.config),
+        anchorer=anchorer,
+        vae=vae,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+if __name__ == "__main__":
+    parsed = parse_args()
+    try:
+        main(parsed)
+    except ValueError as error:
+        raise SystemExit(f"train.py: error: {error}") from error
