@@ -1,0 +1,34 @@
+import json
+
+import pytest
+
+from diffusers_dyga.evaluation.__main__ import load_ground_truth, main
+
+from .tiny import SIZE, tiny_pipeline
+
+
+def test_cli_evaluates_a_saved_pipeline_and_writes_json(tmp_path, capsys):
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    output = tmp_path / "metrics.json"
+    main(
+        [
+            "--pipeline", str(tmp_path / "pipe"),
+            "--dataset", "builtin:shapes",
+            "--resolution", str(SIZE),
+            "--factor_sizes", "2", "2", "3", "1", "2", "2",
+            "--cache_dir", str(tmp_path / "cache"),
+            "--num_train", "100",
+            "--num_test", "50",
+            "--output", str(output),
+        ]
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["num_rows"] == 48 and report["factor_sizes"] == [2, 2, 3, 1, 2, 2]
+    assert set(report["metrics"]) == {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
+    assert 0.0 <= report["metrics"]["dci"]["disentanglement"] <= 1.0
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_rejects_unknown_datasets():
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        load_ground_truth("imagenet", None, None, None)
