@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .grid import build_dataset, cached, grid_factors
+from .grid import procedural_dataset
 
 DSPRITES_FACTOR_NAMES = ["shape", "scale", "orientation", "pos_x", "pos_y"]
 DSPRITES_FACTOR_SIZES = (3, 6, 40, 32, 32)
@@ -47,20 +47,13 @@ def load_dsprites(
 ):
     """The full factor grid of dSprites-like sprites as a `datasets.Dataset` (cached on disk). Factors, in row
     order: shape, scale, orientation, pos_x, pos_y; smaller sizes take evenly spaced values over the same ranges."""
-    factor_sizes = tuple(int(s) for s in factor_sizes)
-    if len(factor_sizes) != 5 or min(factor_sizes) < 1:
-        raise ValueError(f"dsprites needs 5 positive factor sizes, got {factor_sizes}.")
-
-    def batches():
-        factors = grid_factors(factor_sizes)
-        for start in range(0, len(factors), batch_size):
-            chunk = factors[start : start + batch_size]
-            yield render_dsprites(chunk, factor_sizes, resolution), chunk
-
-    description = f"Procedural dSprites-like sprites, {resolution}x{resolution}, factor sizes {factor_sizes}."
-    return cached(
+    return procedural_dataset(
         "dsprites",
-        {"resolution": resolution, "factor_sizes": factor_sizes},
-        lambda: build_dataset(DSPRITES_FACTOR_NAMES, list(factor_sizes), batches(), description),
+        DSPRITES_FACTOR_NAMES,
+        factor_sizes,
+        render_dsprites,
+        resolution,
+        "Procedural dSprites-like sprites",
         cache_dir,
+        batch_size,
     )

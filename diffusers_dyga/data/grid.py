@@ -106,3 +106,34 @@ def cached(name: str, parameters: dict, build: Callable[[], datasets.Dataset], c
         if not os.path.isdir(path):
             raise
     return datasets.load_from_disk(path)
+
+
+def procedural_dataset(
+    name: str,
+    names: list[str],
+    factor_sizes: tuple[int, ...],
+    render: Callable[[np.ndarray, tuple[int, ...], int], np.ndarray],
+    resolution: int,
+    description: str,
+    cache_dir: str | None,
+    batch_size: int,
+) -> datasets.Dataset:
+    """Renders the full grid of `factor_sizes` with `render(factors, factor_sizes, resolution)` in batches, as a
+    cached dataset keyed by the resolution and the factor sizes."""
+    factor_sizes = tuple(int(s) for s in factor_sizes)
+    if len(factor_sizes) != len(names) or min(factor_sizes) < 1:
+        raise ValueError(f"{name} needs {len(names)} positive factor sizes, got {factor_sizes}.")
+
+    def batches():
+        factors = grid_factors(factor_sizes)
+        for start in range(0, len(factors), batch_size):
+            chunk = factors[start : start + batch_size]
+            yield render(chunk, factor_sizes, resolution), chunk
+
+    full_description = f"{description}, {resolution}x{resolution}, factor sizes {factor_sizes}."
+    return cached(
+        name,
+        {"resolution": resolution, "factor_sizes": factor_sizes},
+        lambda: build_dataset(names, list(factor_sizes), batches(), full_description),
+        cache_dir,
+    )

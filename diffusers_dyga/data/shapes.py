@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .grid import build_dataset, cached, grid_factors
+from .grid import procedural_dataset
 
 SHAPES_FACTOR_NAMES = ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
 SHAPES_FACTOR_SIZES = (10, 10, 10, 8, 4, 15)
@@ -128,20 +128,13 @@ def load_shapes(
     Factors, in row order (last fastest): floor_hue, wall_hue, object_hue, scale (0.75-1.25), shape (cube,
     cylinder, sphere, capsule), orientation (-30 to 30 degrees of camera azimuth). Default sizes mirror Shapes3D.
     """
-    factor_sizes = tuple(int(s) for s in factor_sizes)
-    if len(factor_sizes) != 6 or min(factor_sizes) < 1:
-        raise ValueError(f"shapes needs 6 positive factor sizes, got {factor_sizes}.")
-
-    def batches():
-        factors = grid_factors(factor_sizes)
-        for start in range(0, len(factors), batch_size):
-            chunk = factors[start : start + batch_size]
-            yield render_shapes(chunk, factor_sizes, resolution), chunk
-
-    description = f"Procedural Shapes3D-like scenes, {resolution}x{resolution}, factor sizes {factor_sizes}."
-    return cached(
+    return procedural_dataset(
         "shapes",
-        {"resolution": resolution, "factor_sizes": factor_sizes},
-        lambda: build_dataset(SHAPES_FACTOR_NAMES, list(factor_sizes), batches(), description),
+        SHAPES_FACTOR_NAMES,
+        factor_sizes,
+        render_shapes,
+        resolution,
+        "Procedural Shapes3D-like scenes",
         cache_dir,
+        batch_size,
     )
