@@ -158,7 +158,6 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
             search = normalised[:, subset[: self.config.max_fit_samples]].contiguous()
 
         state = self._initial_state(search, generator)
-        state, _ = self._em(search, state, self.config.max_iterations)
         max_rounds = 2 * self.config.max_components
         settled = torch.zeros(self.config.num_units, dtype=torch.bool, device=features.device)
         for _ in range(max_rounds):
