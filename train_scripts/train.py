@@ -645,7 +645,8 @@ def main(args: argparse.Namespace) -> str:
     if args.use_ema:
         ema_unet.copy_to(unet.parameters())
         ema_encoder.copy_to(encoder.parameters())
-    if args.dyga:
+    refitted_last_step = bool(dyga_fits) and dyga_fits[-1]["step"] == global_step
+    if args.dyga and (args.use_ema or not refitted_last_step):
         dyga_fits.append(fit_anchorer(args, accelerator, encoder, anchorer, dataset, global_step))
     if accelerator.is_main_process:
         wall_minutes = (time.perf_counter() - start_time) / 60
