@@ -297,6 +297,14 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.num_rows
 
 
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """The `checkpoint-{step}` folder names in `output_dir`, oldest step first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")]
+    return sorted(found, key=lambda d: int(d.split("-")[1]))
+
+
 def anchorer_checksum(anchorer: DyGAAnchorer) -> str:
     digest = hashlib.sha256()
     for name, buffer in sorted(anchorer.state_dict().items()):
@@ -314,8 +322,8 @@ def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> di
     mine = rows[accelerator.process_index :: accelerator.num_processes]
     tokens = []
     for start in range(0, len(mine), 256):
-        rows = dataset.select(mine[start : start + 256].tolist())["image"]
-        images = prepare_images(rows, args.resolution, encoder.config.in_channels)
+        batch = dataset.select(mine[start : start + 256].tolist())["image"]
+        images = prepare_images(batch, args.resolution, encoder.config.in_channels)
         tokens.append(encoder(images.to(accelerator.device, dtype=encoder.dtype)).tokens.float())
     all_tokens = accelerator.gather(torch.cat(tokens))
     start = time.perf_counter()
@@ -544,10 +552,7 @@ def main(args: argparse.Namespace) -> str:
     global_step, first_epoch, resume_step = 0, 0, 0
     if args.resume_from_checkpoint:
         if args.resume_from_checkpoint == "latest":
-            found = sorted(
-                (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")) if os.path.isdir(args.output_dir) else [],
-                key=lambda d: int(d.split("-")[1]),
-            )
+            found = checkpoint_folders(args.output_dir)
             path = os.path.join(args.output_dir, found[-1]) if found else None
         else:
             path = args.resume_from_checkpoint
@@ -624,9 +629,7 @@ def main(args: argparse.Namespace) -> str:
 
             if global_step % args.checkpointing_steps == 0:
                 if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-                    existing = sorted(
-                        (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1])
-                    )
+                    existing = checkpoint_folders(args.output_dir)
                     for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
                         shutil.rmtree(os.path.join(args.output_dir, old))
                 accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))

@@ -5,10 +5,10 @@ import os
 import datasets
 import numpy as np
 
-from .grid import build_dataset, cached
+from .dsprites import DSPRITES_FACTOR_NAMES
+from .grid import build_dataset, cached, factor_row_index, grid_factors
+from .shapes import SHAPES_FACTOR_NAMES
 
-SHAPES3D_FACTOR_NAMES = ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
-DSPRITES_NPZ_FACTOR_NAMES = ["shape", "scale", "orientation", "pos_x", "pos_y"]
 MPI3D_FACTOR_NAMES = [
     "object_color",
     "object_shape",
@@ -30,10 +30,12 @@ def _file_key(path: str) -> dict:
     return {"path": os.path.abspath(path), "size": os.path.getsize(path), "mtime": int(os.path.getmtime(path))}
 
 
-def _check_grid_order(factors: np.ndarray, sizes: tuple[int, ...], path: str) -> None:
-    expected = np.ravel_multi_index(tuple(factors.T), sizes)
-    if not np.array_equal(expected, np.arange(len(factors))):
+def _grid_sizes(factors: np.ndarray, path: str) -> tuple[int, ...]:
+    """The factor sizes of `factors` `(n, num_factors)`, checked to list a full grid in row order."""
+    sizes = tuple(int(size) for size in factors.max(axis=0) + 1)
+    if not np.array_equal(factor_row_index(factors, sizes), np.arange(len(factors))):
         raise ValueError(f"{path}: rows are not a full factor grid in C order with sizes {sizes}.")
+    return sizes
 
 
 def _chunks(images, factors: np.ndarray, batch_size: int = 8192):
@@ -54,9 +56,8 @@ def load_3dshapes_h5(path: str, cache_dir: str | None = None) -> datasets.Datase
                 raise ValueError(f"{path} is not a 3dshapes.h5 file: it lacks {sorted(missing)}.")
             labels = np.asarray(file["labels"])
             factors = np.stack([np.unique(c, return_inverse=True)[1] for c in labels.T], axis=1)
-            sizes = tuple(int(factors[:, i].max()) + 1 for i in range(factors.shape[1]))
-            _check_grid_order(factors, sizes, path)
-            return build_dataset(SHAPES3D_FACTOR_NAMES, list(sizes), _chunks(file["images"], factors), "3dshapes")
+            sizes = _grid_sizes(factors, path)
+            return build_dataset(SHAPES_FACTOR_NAMES, list(sizes), _chunks(file["images"], factors), "3dshapes")
 
     return cached("3dshapes", _file_key(path), build, cache_dir)
 
@@ -72,10 +73,9 @@ def load_dsprites_npz(path: str, cache_dir: str | None = None) -> datasets.Datas
             if missing:
                 raise ValueError(f"{path} is not a dSprites .npz: it lacks {sorted(missing)}.")
             factors = archive["latents_classes"][:, 1:].astype(np.int64)
-            sizes = tuple(int(factors[:, i].max()) + 1 for i in range(factors.shape[1]))
-            _check_grid_order(factors, sizes, path)
+            sizes = _grid_sizes(factors, path)
             images = archive["imgs"].astype(np.uint8) * 255
-        return build_dataset(DSPRITES_NPZ_FACTOR_NAMES, list(sizes), _chunks(images, factors), "dSprites")
+        return build_dataset(DSPRITES_FACTOR_NAMES, list(sizes), _chunks(images, factors), "dSprites")
 
     return cached("dsprites-npz", _file_key(path), build, cache_dir)
 
@@ -93,7 +93,7 @@ def load_mpi3d_npz(path: str, cache_dir: str | None = None) -> datasets.Dataset:
         expected = int(np.prod(MPI3D_FACTOR_SIZES))
         if images.shape[0] != expected:
             raise ValueError(f"{path}: expected {expected} images (a full {MPI3D_FACTOR_SIZES} grid), got {images.shape[0]}.")
-        factors = np.stack(np.unravel_index(np.arange(expected), MPI3D_FACTOR_SIZES), axis=1)
+        factors = grid_factors(MPI3D_FACTOR_SIZES)
         return build_dataset(MPI3D_FACTOR_NAMES, list(MPI3D_FACTOR_SIZES), _chunks(images, factors), "MPI3D")
 
     return cached("mpi3d", _file_key(path), build, cache_dir)

@@ -2,18 +2,15 @@
 
 import numpy as np
 
+from ..data.grid import factor_row_index
 from .utils import as_random_state, check_codes_and_factors, sample_rows
 
 
 def grid_lookup(factors: np.ndarray, factor_sizes: list[int] | tuple[int, ...]) -> np.ndarray:
     """`(prod(factor_sizes),)` row holding each factor combination; raises unless every combination has a row."""
     sizes = tuple(int(s) for s in factor_sizes)
-    if factors.shape[1] != len(sizes):
-        raise ValueError(f"factors has {factors.shape[1]} columns but factor_sizes has {len(sizes)} entries.")
-    if (factors < 0).any() or (factors >= np.asarray(sizes)).any():
-        raise ValueError(f"factors hold indices outside factor_sizes {list(sizes)}.")
     lookup = np.full(int(np.prod(sizes)), -1, dtype=np.int64)
-    lookup[np.ravel_multi_index(tuple(factors.T), sizes)] = np.arange(len(factors))
+    lookup[factor_row_index(factors, sizes)] = np.arange(len(factors))
     missing = int((lookup < 0).sum())
     if missing:
         raise ValueError(
@@ -67,7 +64,7 @@ def factor_vae_score(
             index = random_state.randint(len(sizes))
             sampled = np.stack([random_state.randint(size, size=batch_size) for size in sizes], axis=1)
             sampled[:, index] = sampled[0, index]
-            batch = codes[lookup[np.ravel_multi_index(tuple(sampled.T), tuple(sizes))]]
+            batch = codes[lookup[factor_row_index(sampled, sizes)]]
             local = np.var(batch, axis=0, ddof=1)
             counts[index, active_ids[np.argmin(local[active] / global_variances[active])]] += 1
         return counts
