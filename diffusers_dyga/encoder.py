@@ -73,6 +73,9 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
         block_out_channels (`tuple[int]`): widths of the conv trunk's stride-2 convolutions.
         hidden_dim (`int`): width of the layer between the trunk and the units.
         token_hidden_dim (`int`): hidden width of each unit's token MLP.
+        unit_noise (`float`, defaults to 0.0): in training mode, Gaussian noise of this many batch standard deviations
+            (per unit, not differentiated) is added to each unit before its token is made; it caps how much each
+            unit can carry. No effect in eval mode.
         backbone_config (`dict`, *optional*): a `transformers` backbone config as a dict (`config.to_dict()`, e.g. of
             a `ResNetConfig` or `ConvNextConfig`); replaces the conv trunk. See [`~DisentangledEncoder.from_backbone`]
             to start from pretrained backbone weights.
@@ -88,9 +91,12 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
         block_out_channels: tuple[int, ...] = (32, 32, 64, 64),
         hidden_dim: int = 256,
         token_hidden_dim: int = 64,
+        unit_noise: float = 0.0,
         backbone_config: dict[str, Any] | None = None,
     ):
         super().__init__()
+        if unit_noise < 0:
+            raise ValueError(f"unit_noise must be non-negative, got {unit_noise}.")
         if backbone_config is None:
             if sample_size % 2 ** len(block_out_channels) != 0:
                 raise ValueError(
@@ -148,7 +154,11 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
 
     def forward(self, images: torch.Tensor, return_dict: bool = True) -> DisentangledEncoderOutput | tuple:
         units = self.encode(images)
-        tokens = self.embed(units)
+        if self.training and self.config.unit_noise > 0 and units.shape[0] > 1:
+            spread = units.detach().std(dim=0, keepdim=True)
+            tokens = self.embed(units + self.config.unit_noise * spread * torch.randn_like(units))
+        else:
+            tokens = self.embed(units)
         if not return_dict:
             return (units, tokens)
         return DisentangledEncoderOutput(units=units, tokens=tokens)

@@ -35,6 +35,23 @@ def test_each_token_depends_only_on_its_own_unit():
     assert diff[1] > 0 and torch.all(diff[[0, 2, 3]] == 0)
 
 
+def test_unit_noise_perturbs_training_tokens_only():
+    encoder = tiny_encoder(unit_noise=0.3)
+    images = random_images(8)
+    units = encoder.encode(images)
+    clean = encoder.embed(units)
+    torch.manual_seed(1)
+    noisy = encoder(images).tokens
+    torch.manual_seed(1)
+    expected = encoder.embed(units + 0.3 * units.std(dim=0, keepdim=True) * torch.randn_like(units))
+    torch.testing.assert_close(noisy, expected)
+    assert not torch.allclose(noisy, clean)
+    encoder.eval()
+    torch.testing.assert_close(encoder(images).tokens, clean)
+    with pytest.raises(ValueError, match="unit_noise must be non-negative"):
+        tiny_encoder(unit_noise=-0.1)
+
+
 @pytest.mark.parametrize("shape", [(2, 1, SIZE, SIZE), (2, 3, SIZE * 2, SIZE * 2), (3, SIZE, SIZE)])
 def test_wrong_image_shape_names_expected_shape(shape):
     with pytest.raises(ValueError, match=rf"\(batch, 3, {SIZE}, {SIZE}\)"):

@@ -160,6 +160,14 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--output_dir", str(tmp_path)])
     assert "exactly one of --dataset" in capsys.readouterr().err
+    for flag, value, message in [
+        ("--attention_head_channels", "48", "does not divide the U-Net widths"),
+        ("--timestep_bias_power", "0", "--timestep_bias_power must be positive"),
+        ("--unit_noise", "-0.1", "--unit_noise must be non-negative"),
+    ]:
+        with pytest.raises(SystemExit):
+            train.parse_args(tiny_args(tmp_path, cache_dir, flag, value))
+        assert message in capsys.readouterr().err
 
     from diffusers import AutoencoderKL
 
@@ -198,3 +206,23 @@ def test_latent_training_with_a_local_vae(tmp_path, cache_dir):
     train.main(train.parse_args(args))
     pipe = DisentangledDiffusionPipeline.from_pretrained(tmp_path / "latent")
     assert pipe.vae is not None and pipe.unet.config.sample_size == 16 and pipe.unet.config.in_channels == 4
+
+
+def test_timestep_bias_power_shifts_training_timesteps_toward_high_noise():
+    torch.manual_seed(0)
+    uniform = train.sample_timesteps(20000, 1000, 1.0, torch.device("cpu"))
+    biased = train.sample_timesteps(20000, 1000, 3.0, torch.device("cpu"))
+    assert uniform.min() >= 0 and uniform.max() <= 999 and biased.min() >= 0 and biased.max() <= 999
+    assert abs(uniform.float().mean().item() - 499.5) < 10
+    assert abs(biased.float().mean().item() - 750) < 10  # density ~ t**2 has mean 3/4 of the range
+
+
+def test_preset_heads_follow_attention_head_channels_and_encoder_has_its_own_learning_rate(tmp_path, cache_dir):
+    args = train.parse_args(tiny_args(tmp_path, cache_dir, "--encoder_learning_rate", "1e-3", "--attention_head_channels", "16"))
+    args.vae_scale = 1
+    encoder, unet, _, _ = train.build_models(args, in_channels=3, latent_channels=3)
+    heads = [block.attentions[0].transformer_blocks[0].attn2.heads for block in unet.down_blocks if hasattr(block, "attentions")]
+    assert heads == [32 // 16, 64 // 16, 64 // 16]
+    optimizer = train.build_optimizer(args, encoder, unet)
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, args.learning_rate]
+    assert args.learning_rate != 1e-3

@@ -51,10 +51,11 @@ PRESETS = {
         "encoder_channels": [32, 32, 64, 64],
         "encoder_hidden_dim": 256,
         "token_hidden_dim": 64,
+        "unit_noise": 0.3,
         "unet_channels": [32, 64, 64],
         "layers_per_block": 1,
         "max_attention_resolution": 16,
-        "attention_head_dim": 8,
+        "attention_head_channels": 32,
         "train_batch_size": 32,
         "learning_rate": 2e-4,
         "lr_warmup_steps": 100,
@@ -62,11 +63,12 @@ PRESETS = {
         "beta_schedule": "linear",
         "beta_start": 1e-4,
         "beta_end": 0.02,
-        "prediction_type": "epsilon",
+        "prediction_type": "sample",
+        "timestep_bias_power": 1.0,
         "loss": "l2",
         "skip_dropout": 0.2,
         "ema_decay": 0.999,
-        "dyga_every": 250,
+        "dyga_every": 100,
         "dyga_samples": 2000,
     },
     "paper": {
@@ -76,10 +78,11 @@ PRESETS = {
         "encoder_channels": [32, 32, 64, 64],
         "encoder_hidden_dim": 256,
         "token_hidden_dim": 64,
+        "unit_noise": 0.0,
         "unet_channels": [64, 128, 256, 256],
         "layers_per_block": 2,
         "max_attention_resolution": 16,
-        "attention_head_dim": 32,
+        "attention_head_channels": 32,
         "train_batch_size": 512,
         "learning_rate": 1e-4,
         "lr_warmup_steps": 500,
@@ -88,6 +91,7 @@ PRESETS = {
         "beta_start": 0.0015,
         "beta_end": 0.0155,
         "prediction_type": "epsilon",
+        "timestep_bias_power": 1.0,
         "loss": "l1",
         "skip_dropout": 0.2,
         "ema_decay": 0.9999,
@@ -112,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_config", default="tiny", help=f"Preset: {', '.join(PRESETS)}.")
     model.add_argument("--num_units", type=int, default=None)
     model.add_argument("--unit_dim", type=int, default=None)
+    model.add_argument("--unit_noise", type=float, default=None, help="Training noise on the units, in batch stds.")
+    model.add_argument(
+        "--attention_head_channels", type=int, default=None, help="Channels per attention head (heads = width / this)."
+    )
     model.add_argument("--skip_dropout", type=float, default=None)
     model.add_argument("--skip_dropout_resolutions", type=int, nargs="+", default=None)
     model.add_argument("--dyga", action=argparse.BooleanOptionalAction, default=True, help="Use DyGA (--no-dyga: off).")
@@ -125,6 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--beta_schedule", default=None, choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
     model.add_argument("--beta_start", type=float, default=None)
     model.add_argument("--beta_end", type=float, default=None)
+    model.add_argument(
+        "--timestep_bias_power",
+        type=float,
+        default=None,
+        help="Training timesteps t have density proportional to t**(power - 1): 1 is uniform, above 1 favours high noise.",
+    )
     model.add_argument("--prediction_type", default=None, choices=["epsilon", "v_prediction", "sample"])
     model.add_argument("--loss", default=None, choices=["l1", "l2"])
     train = parser.add_argument_group("training")
@@ -135,6 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--learning_rate", type=float, default=None)
+    train.add_argument("--encoder_learning_rate", type=float, default=None, help="Encoder LR (default: --learning_rate).")
     train.add_argument("--lr_scheduler", default="constant_with_warmup")
     train.add_argument("--lr_warmup_steps", type=int, default=None)
     train.add_argument("--adam_beta1", type=float, default=0.9)
@@ -177,6 +192,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.push_to_hub and args.hub_model_id is None:
         parser.error("--push_to_hub needs --hub_model_id.")
+    if args.timestep_bias_power <= 0:
+        parser.error(f"--timestep_bias_power must be positive, got {args.timestep_bias_power}.")
+    if args.unit_noise < 0:
+        parser.error(f"--unit_noise must be non-negative, got {args.unit_noise}.")
+    if args.attention_head_channels < 1 or any(c % args.attention_head_channels for c in args.unet_channels):
+        parser.error(
+            f"--attention_head_channels {args.attention_head_channels} does not divide the U-Net widths {args.unet_channels}."
+        )
     if args.vae is not None:
         try:
             vae_config = read_vae_config(args.vae)
@@ -244,6 +267,7 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         block_out_channels=tuple(args.encoder_channels),
         hidden_dim=args.encoder_hidden_dim,
         token_hidden_dim=args.token_hidden_dim,
+        unit_noise=args.unit_noise,
     )
     size = args.resolution // args.vae_scale
     attention = [size // 2**level <= args.max_attention_resolution for level in range(len(args.unet_channels))]
@@ -256,7 +280,8 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         cross_attention_dim=args.unit_dim,
-        attention_head_dim=args.attention_head_dim,
+        # UNet2DConditionModel reads `attention_head_dim` as the number of heads (a known diffusers naming quirk).
+        attention_head_dim=tuple(channels // args.attention_head_channels for channels in args.unet_channels),
         norm_num_groups=min(32, args.unet_channels[0]),
         skip_dropout=args.skip_dropout,
         skip_dropout_resolutions=args.skip_dropout_resolutions,
@@ -278,6 +303,25 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         prediction_type=args.prediction_type,
     )
     return encoder, unet, anchorer, noise_scheduler
+
+
+def build_optimizer(args: argparse.Namespace, encoder: DisentangledEncoder, unet: SkipDropoutUNet) -> torch.optim.AdamW:
+    """AdamW over both models; the encoder trains at `--encoder_learning_rate` (default: `--learning_rate`)."""
+    return torch.optim.AdamW(
+        [
+            {"params": list(encoder.parameters()), "lr": args.encoder_learning_rate or args.learning_rate},
+            {"params": list(unet.parameters()), "lr": args.learning_rate},
+        ],
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+
+
+def sample_timesteps(batch_size: int, num_timesteps: int, power: float, device: torch.device) -> torch.Tensor:
+    """`(batch_size,)` training timesteps with density proportional to `t**(power - 1)` (uniform for power 1)."""
+    uniform = torch.rand(batch_size, device=device)
+    return (uniform ** (1.0 / power) * num_timesteps).long().clamp_max(num_timesteps - 1)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -324,7 +368,8 @@ def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> di
     for start in range(0, len(mine), 256):
         batch = dataset.select(mine[start : start + 256].tolist())["image"]
         images = prepare_images(batch, args.resolution, encoder.config.in_channels)
-        tokens.append(encoder(images.to(accelerator.device, dtype=encoder.dtype)).tokens.float())
+        units = encoder.encode(images.to(accelerator.device, dtype=encoder.dtype))
+        tokens.append(encoder.embed(units).float())
     all_tokens = accelerator.gather(torch.cat(tokens))
     start = time.perf_counter()
     anchorer.fit(all_tokens.cpu())
@@ -403,6 +448,9 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         num_processes=num_processes,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate,
+        encoder_learning_rate=args.encoder_learning_rate or args.learning_rate,
+        unit_noise=args.unit_noise,
+        timestep_bias_power=args.timestep_bias_power,
         lr_scheduler=args.lr_scheduler,
         num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule,
@@ -500,13 +548,7 @@ def main(args: argparse.Namespace) -> str:
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
-    optimizer = torch.optim.AdamW(
-        list(encoder.parameters()) + list(unet.parameters()),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
+    optimizer = build_optimizer(args, encoder, unet)
 
     def collate(rows: list[dict]) -> dict:
         return {"pixel_values": prepare_images([row["image"] for row in rows], args.resolution, in_channels)}
@@ -590,7 +632,8 @@ def main(args: argparse.Namespace) -> str:
                 pixels = batch["pixel_values"]
                 latents = to_latents(pixels)
                 noise = torch.randn_like(latents)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+                num_timesteps = noise_scheduler.config.num_train_timesteps
+                timesteps = sample_timesteps(latents.shape[0], num_timesteps, args.timestep_bias_power, latents.device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 tokens = encoder(pixels).tokens
                 if args.dyga and anchorer.is_fitted:
