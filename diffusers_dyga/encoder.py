@@ -21,7 +21,7 @@ class DisentangledEncoderOutput(BaseOutput):
     """
 
     units: torch.Tensor
-    tokens: torch.Tensor
+    tokens: torch.Tensor = None  # a default lets accelerate's fp32 cast rebuild the output from a dict
 
 
 class ConvTrunk(nn.Module):

@@ -68,6 +68,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert any(f.startswith("events.out.tfevents") for _, _, files in os.walk(output / "logs") for f in files)
     report = json.loads((output / "training_report.json").read_text())
     assert report["steps"] == 6 and [fit["step"] for fit in report["dyga_fits"]] == [3, 6, 6]
+    assert report["images_per_second"] > 0 and (report["peak_gpu_memory_gib"] is None) == (not torch.cuda.is_available())
     assert set(report["metrics"]) == {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
 
     pipe = DisentangledDiffusionPipeline.from_pretrained(output)
@@ -78,6 +79,17 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     card = (output / "README.md").read_text()
     assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
+
+
+def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir):
+    output = tmp_path / "bf16"
+    args = tiny_args(output, cache_dir, "--mixed_precision", "bf16")
+    args[args.index("--max_train_steps") + 1] = "3"
+    train.main(train.parse_args(args))
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["steps"] == 3 and report["metrics"] is not None
+    pipe = DisentangledDiffusionPipeline.from_pretrained(output)
+    assert pipe.encoder.dtype == torch.float32 and pipe.unet.dtype == torch.float32
 
 
 def final_state(output) -> dict[str, torch.Tensor]:

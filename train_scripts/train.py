@@ -611,6 +611,9 @@ def main(args: argparse.Namespace) -> str:
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
     scaling = getattr(vae.config, "scaling_factor", 1.0) if vae is not None else 1.0
     dyga_fits = []
+    initial_step = global_step
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     start_time = time.perf_counter()
 
     def to_latents(pixels: torch.Tensor) -> torch.Tensor:
@@ -700,7 +703,14 @@ def main(args: argparse.Namespace) -> str:
         grid, metrics = log_validation(pipeline, dataset, args, accelerator, global_step)
         pipeline.save_pretrained(args.output_dir)
         grid.save(os.path.join(args.output_dir, "interchange_grid.png"))
-        report = {"steps": global_step, "wall_minutes": wall_minutes, "metrics": metrics, "dyga_fits": dyga_fits}
+        report = {
+            "steps": global_step,
+            "wall_minutes": wall_minutes,
+            "images_per_second": (global_step - initial_step) * total_batch_size / (wall_minutes * 60),
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if torch.cuda.is_available() else None,
+            "metrics": metrics,
+            "dyga_fits": dyga_fits,
+        }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
             json.dump(report, file, indent=2)
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
