@@ -3,8 +3,11 @@
 import json
 import os
 import platform
+from pathlib import Path
 
 import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:

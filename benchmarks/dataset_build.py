@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_json  # noqa: E402
+from common import RESULTS_DIR, print_table, write_json  # noqa: E402
 
 from diffusers_dyga.data import (  # noqa: E402
     DSPRITES_FACTOR_SIZES,
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=sorted(DATASETS), choices=sorted(DATASETS))
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=4096)
-    parser.add_argument("--output", default="benchmarks/results/dataset_build.json")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "dataset_build.json"))
     args = parser.parse_args()
     rows, results = [], {}
     for name in args.datasets:

@@ -18,7 +18,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import BayesianGaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_json  # noqa: E402
+from common import RESULTS_DIR, print_table, write_json  # noqa: E402
 
 from diffusers_dyga import DyGAAnchorer  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--sklearn_units", type=int, default=20)
     parser.add_argument("--max_components", type=int, default=10)
-    parser.add_argument("--output", default="benchmarks/results/dyga_speed.json")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "dyga_speed.json"))
     args = parser.parse_args()
     rows, results = [], {}
     for kind in ("planted", "gaussian"):

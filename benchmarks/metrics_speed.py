@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_json  # noqa: E402
+from common import RESULTS_DIR, print_table, write_json  # noqa: E402
 
 from diffusers_dyga.data import SHAPES_FACTOR_SIZES, grid_factors  # noqa: E402
 from diffusers_dyga.evaluation import dci, downstream_accuracy, factor_vae_score, mig, modularity_explicitness, sap  # noqa: E402
@@ -23,7 +23,7 @@ from diffusers_dyga.evaluation import dci, downstream_accuracy, factor_vae_score
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="benchmarks/results/metrics_speed.json")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "metrics_speed.json"))
     args = parser.parse_args()
     sizes = SHAPES_FACTOR_SIZES
     factors = grid_factors(sizes)
