@@ -612,7 +612,8 @@ def main(args: argparse.Namespace) -> str:
     scaling = getattr(vae.config, "scaling_factor", 1.0) if vae is not None else 1.0
     dyga_fits = []
     initial_step = global_step
-    if torch.cuda.is_available():
+    on_gpu = accelerator.device.type == "cuda"
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     start_time = time.perf_counter()
 
@@ -707,13 +708,13 @@ def main(args: argparse.Namespace) -> str:
             "steps": global_step,
             "wall_minutes": wall_minutes,
             "images_per_second": (global_step - initial_step) * total_batch_size / (wall_minutes * 60),
-            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if torch.cuda.is_available() else None,
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if on_gpu else None,
             "metrics": metrics,
             "dyga_fits": dyga_fits,
         }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
             json.dump(report, file, indent=2)
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        device = torch.cuda.get_device_name(accelerator.device) if on_gpu else f"CPU ({os.cpu_count()} cores)"
         card = render_model_card(args, metrics, len(dataset), wall_minutes, accelerator.num_processes, device)
         card.save(os.path.join(args.output_dir, "README.md"))
         if args.push_to_hub:
