@@ -7,10 +7,12 @@
 Every run is `train_scripts/train.py` with the `tiny` preset on `builtin:shapes` at 32x32 and the same step budget;
 the variants differ only in `--skip_dropout 0` and `--no-dyga`. The training script evaluates the full metric suite
 on the whole factor grid at the end. A run whose folder already holds a `training_report.json` made with the same
-command is reused. Writes `ablation.json`, `ablation.md` (mean +- sample std over seeds) and `ablation.png`.
+command and the same sources (training script and package) is reused. Writes `ablation.json`, `ablation.md`
+(mean +- sample std over seeds) and `ablation.png`.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -59,13 +61,22 @@ def run_command(options, variant: str, seed: int, output_dir: Path) -> list[str]
     ]  # fmt: skip
 
 
+def source_fingerprint() -> str:
+    """SHA-256 of the training script and the package sources: a run made with other code or defaults is not reused."""
+    digest = hashlib.sha256()
+    for path in [ROOT / "train_scripts" / "train.py", *sorted((ROOT / "diffusers_dyga").rglob("*.py"))]:
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def train_or_reuse(options, variant: str, seed: int) -> dict:
     output_dir = Path(options.output_dir) / f"{variant.strip('+').replace('+', '-')}-seed{seed}"
     command = run_command(options, variant, seed, output_dir)
     record_path = output_dir / "ablation_run.json"
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record["command"][1:] == command[1:]:
+        if record["command"][1:] == command[1:] and record.get("source") == options.source:
             return record
     if options.report_only:
         raise SystemExit(f"No finished run for {variant} seed {seed} in {output_dir}; run without --report_only.")
@@ -79,6 +90,7 @@ def train_or_reuse(options, variant: str, seed: int) -> dict:
         "variant": variant,
         "seed": seed,
         "command": command,
+        "source": options.source,
         "process_seconds": seconds,
         "training_minutes": report["wall_minutes"],
         "metrics": metrics,
@@ -144,6 +156,7 @@ def main() -> None:
     parser.add_argument("extra_args", nargs=argparse.REMAINDER, help="After --: more train.py arguments for every run.")
     options = parser.parse_args()
     options.extra_args = [a for a in options.extra_args if a != "--"]
+    options.source = source_fingerprint()
 
     os.makedirs(options.output_dir, exist_ok=True)
     records = [train_or_reuse(options, variant, seed) for variant in options.variants for seed in options.seeds]
