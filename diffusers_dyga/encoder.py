@@ -76,6 +76,10 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
         unit_noise (`float`, defaults to 0.0): in training mode, Gaussian noise of this many batch standard deviations
             (per unit, not differentiated) is added to each unit before its token is made; it caps how much each
             unit can carry. No effect in eval mode.
+        unit_whitening (`bool`, defaults to `False`): whiten the units (zero mean, identity covariance; Cholesky
+            whitening of the batch in training, of running statistics otherwise), so that no two units can carry the
+            same signal. Training batches must then be larger than `num_units`.
+        whitening_momentum (`float`, defaults to 0.1): update rate of the running mean and covariance.
         backbone_config (`dict`, *optional*): a `transformers` backbone config as a dict (`config.to_dict()`, e.g. of
             a `ResNetConfig` or `ConvNextConfig`); replaces the conv trunk. See [`~DisentangledEncoder.from_backbone`]
             to start from pretrained backbone weights.
@@ -92,6 +96,8 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
         hidden_dim: int = 256,
         token_hidden_dim: int = 64,
         unit_noise: float = 0.0,
+        unit_whitening: bool = False,
+        whitening_momentum: float = 0.1,
         backbone_config: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -107,6 +113,9 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
         else:
             self.trunk = BackboneTrunk(backbone_config, in_channels, hidden_dim)
         self.to_units = nn.Linear(hidden_dim, num_units)
+        if unit_whitening:
+            self.register_buffer("running_mean", torch.zeros(num_units))
+            self.register_buffer("running_covariance", torch.eye(num_units))
 
         self.token_in_weight = nn.Parameter(torch.randn(num_units, token_hidden_dim))
         self.token_in_bias = nn.Parameter(torch.zeros(num_units, token_hidden_dim))
@@ -144,7 +153,36 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """`(batch, in_channels, H, W)` images in [-1, 1] -> `(batch, num_units)` units."""
         self.check_images(images)
-        return self.to_units(self.trunk(images))
+        units = self.to_units(self.trunk(images))
+        if self.config.unit_whitening:
+            units = self.whiten(units)
+        return units
+
+    def whiten(self, units: torch.Tensor) -> torch.Tensor:
+        """Decorrelates `(batch, num_units)` units to zero mean and identity covariance (Cholesky whitening): batch
+        statistics in training, running statistics otherwise."""
+        if self.training:
+            if units.shape[0] <= self.config.num_units:
+                raise ValueError(
+                    f"Unit whitening needs training batches larger than num_units={self.config.num_units}, got a "
+                    f"batch of {units.shape[0]}."
+                )
+            mean = units.mean(dim=0)
+            centered = units - mean
+            covariance = centered.T @ centered / (units.shape[0] - 1)
+            with torch.no_grad():
+                momentum = self.config.whitening_momentum
+                self.running_mean.lerp_(mean.detach().float(), momentum)
+                self.running_covariance.lerp_(covariance.detach().float(), momentum)
+        else:
+            mean, covariance = self.running_mean, self.running_covariance
+            centered = units - mean
+        covariance = covariance.float()
+        eye = torch.eye(covariance.shape[0], device=covariance.device)
+        jitter = 1e-4 * covariance.diagonal().mean().clamp_min(1e-8) * eye
+        cholesky = torch.linalg.cholesky(covariance + jitter)
+        white = torch.linalg.solve_triangular(cholesky, centered.float().T, upper=False).T
+        return white.to(units.dtype)
 
     def embed(self, units: torch.Tensor) -> torch.Tensor:
         """`(batch, num_units)` units -> `(batch, num_units, unit_dim)` tokens, one MLP per unit."""

@@ -52,6 +52,42 @@ def test_unit_noise_perturbs_training_tokens_only():
         tiny_encoder(unit_noise=-0.1)
 
 
+def test_unit_whitening_decorrelates_training_batches_and_tracks_running_statistics():
+    encoder = tiny_encoder(unit_whitening=True, whitening_momentum=0.5)
+    plain = tiny_encoder()
+    images = random_images(32)
+    raw = plain.encode(images)
+    assert (torch.corrcoef(raw.T).abs() - torch.eye(NUM_UNITS)).abs().max() > 0.1
+    for _ in range(30):
+        units = encoder.encode(images)
+    torch.testing.assert_close(units.mean(dim=0), torch.zeros(NUM_UNITS), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cov(units.T), torch.eye(NUM_UNITS), atol=1e-3, rtol=0)
+    units.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in encoder.to_units.parameters())
+    encoder.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.encode(images), units.detach(), atol=1e-3, rtol=0)
+        one = encoder.encode(images[:1])
+    torch.testing.assert_close(one, units[:1].detach(), atol=1e-3, rtol=0)
+
+
+def test_unit_whitening_needs_batches_larger_than_the_unit_count():
+    encoder = tiny_encoder(unit_whitening=True)
+    with pytest.raises(ValueError, match=f"larger than num_units={NUM_UNITS}"):
+        encoder.encode(random_images(NUM_UNITS))
+
+
+def test_unit_whitening_statistics_round_trip(tmp_path):
+    encoder = tiny_encoder(unit_whitening=True)
+    encoder.encode(random_images(16))
+    encoder.save_pretrained(tmp_path)
+    loaded = DisentangledEncoder.from_pretrained(tmp_path).eval()
+    assert loaded.config.unit_whitening
+    torch.testing.assert_close(loaded.running_covariance, encoder.running_covariance, rtol=0, atol=0)
+    images = random_images(3)
+    torch.testing.assert_close(loaded.encode(images), encoder.eval().encode(images), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(2, 1, SIZE, SIZE), (2, 3, SIZE * 2, SIZE * 2), (3, SIZE, SIZE)])
 def test_wrong_image_shape_names_expected_shape(shape):
     with pytest.raises(ValueError, match=rf"\(batch, 3, {SIZE}, {SIZE}\)"):

@@ -45,6 +45,7 @@ def tiny_args(output_dir, cache_dir, *extra) -> list[str]:
         "--factor_sizes", "2", "2", "2", "1", "2", "1",
         "--cache_dir", cache_dir,
         "--train_batch_size", "4",
+        "--num_units", "3",
         "--max_train_steps", "6",
         "--dyga_every", "3",
         "--dyga_samples", "16",
@@ -176,6 +177,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--attention_head_channels", "48", "does not divide the U-Net widths"),
         ("--timestep_bias_power", "0", "--timestep_bias_power must be positive"),
         ("--unit_noise", "-0.1", "--unit_noise must be non-negative"),
+        ("--num_units", "4", "--unit_whitening needs --train_batch_size (4) larger than --num_units (4)"),
     ]:
         with pytest.raises(SystemExit):
             train.parse_args(tiny_args(tmp_path, cache_dir, flag, value))

@@ -52,6 +52,7 @@ PRESETS = {
         "encoder_hidden_dim": 256,
         "token_hidden_dim": 64,
         "unit_noise": 0.3,
+        "unit_whitening": True,
         "unet_channels": [32, 64, 64],
         "layers_per_block": 1,
         "max_attention_resolution": 16,
@@ -70,6 +71,8 @@ PRESETS = {
         "ema_decay": 0.999,
         "dyga_every": 100,
         "dyga_samples": 2000,
+        "dyga_init_components": 3,
+        "dyga_max_components": 3,
     },
     "paper": {
         "resolution": 64,
@@ -79,6 +82,7 @@ PRESETS = {
         "encoder_hidden_dim": 256,
         "token_hidden_dim": 64,
         "unit_noise": 0.0,
+        "unit_whitening": False,
         "unet_channels": [64, 128, 256, 256],
         "layers_per_block": 2,
         "max_attention_resolution": 16,
@@ -97,6 +101,8 @@ PRESETS = {
         "ema_decay": 0.9999,
         "dyga_every": 2000,
         "dyga_samples": 10000,
+        "dyga_init_components": 4,
+        "dyga_max_components": 10,
     },
 }
 
@@ -118,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--unit_dim", type=int, default=None)
     model.add_argument("--unit_noise", type=float, default=None, help="Training noise on the units, in batch stds.")
     model.add_argument(
+        "--unit_whitening",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Whiten the units so that no two carry the same signal (--no-unit_whitening: off).",
+    )
+    model.add_argument(
         "--attention_head_channels", type=int, default=None, help="Channels per attention head (heads = width / this)."
     )
     model.add_argument("--skip_dropout", type=float, default=None)
@@ -125,8 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dyga", action=argparse.BooleanOptionalAction, default=True, help="Use DyGA (--no-dyga: off).")
     model.add_argument("--dyga_every", type=int, default=None, help="Refit the anchorer every this many steps.")
     model.add_argument("--dyga_samples", type=int, default=None, help="Images whose tokens each refit uses.")
-    model.add_argument("--dyga_init_components", type=int, default=4)
-    model.add_argument("--dyga_max_components", type=int, default=10)
+    model.add_argument("--dyga_init_components", type=int, default=None)
+    model.add_argument("--dyga_max_components", type=int, default=None)
     model.add_argument("--dyga_lambda_mode", choices=["adaptive", "fixed"], default="adaptive")
     model.add_argument("--dyga_lambda", type=float, default=0.1)
     model.add_argument("--num_train_timesteps", type=int, default=None)
@@ -194,6 +206,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--push_to_hub needs --hub_model_id.")
     if args.timestep_bias_power <= 0:
         parser.error(f"--timestep_bias_power must be positive, got {args.timestep_bias_power}.")
+    if args.unit_whitening and args.train_batch_size <= args.num_units:
+        parser.error(
+            f"--unit_whitening needs --train_batch_size ({args.train_batch_size}) larger than --num_units ({args.num_units})."
+        )
     if args.unit_noise < 0:
         parser.error(f"--unit_noise must be non-negative, got {args.unit_noise}.")
     if args.attention_head_channels < 1 or any(c % args.attention_head_channels for c in args.unet_channels):
@@ -268,6 +284,7 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         hidden_dim=args.encoder_hidden_dim,
         token_hidden_dim=args.token_hidden_dim,
         unit_noise=args.unit_noise,
+        unit_whitening=args.unit_whitening,
     )
     size = args.resolution // args.vae_scale
     attention = [size // 2**level <= args.max_attention_resolution for level in range(len(args.unet_channels))]
