@@ -167,16 +167,14 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
                     f"Unit whitening needs training batches larger than num_units={self.config.num_units}, got a "
                     f"batch of {units.shape[0]}."
                 )
-            mean = units.mean(dim=0)
-            centered = units - mean
-            covariance = centered.T @ centered / (units.shape[0] - 1)
+            mean, covariance = units.mean(dim=0), torch.cov(units.T)
             with torch.no_grad():
                 momentum = self.config.whitening_momentum
                 self.running_mean.lerp_(mean.detach().float(), momentum)
                 self.running_covariance.lerp_(covariance.detach().float(), momentum)
         else:
             mean, covariance = self.running_mean, self.running_covariance
-            centered = units - mean
+        centered = units - mean
         covariance = covariance.float()
         eye = torch.eye(covariance.shape[0], device=covariance.device)
         jitter = 1e-4 * covariance.diagonal().mean().clamp_min(1e-8) * eye
