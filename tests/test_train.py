@@ -80,6 +80,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     card = (output / "README.md").read_text()
     assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
+    assert "unit whitening on" in card
 
 
 def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir):

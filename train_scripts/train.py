@@ -467,6 +467,7 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         learning_rate=args.learning_rate,
         encoder_learning_rate=args.encoder_learning_rate or args.learning_rate,
         unit_noise=args.unit_noise,
+        unit_whitening="on" if args.unit_whitening else "off",
         timestep_bias_power=args.timestep_bias_power,
         lr_scheduler=args.lr_scheduler,
         num_train_timesteps=args.num_train_timesteps,
