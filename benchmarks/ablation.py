@@ -1,7 +1,7 @@
 """The paper's ablation on a CPU budget: baseline, +Skip Dropout, +DyGA and +SD+DyGA, several seeds each.
 
     pip install -e ".[train,benchmarks]"
-    python benchmarks/ablation.py                      # 4 variants x 2 seeds, reusing finished runs
+    python benchmarks/ablation.py                      # 4 variants x 3 seeds, reusing finished runs
     python benchmarks/ablation.py --report_only        # rebuild the table and plot from the finished runs
 
 Every run is `train_scripts/train.py` with the `tiny` preset on `builtin:shapes` at 32x32 and the same step budget;
@@ -147,7 +147,7 @@ def bar_chart(summary: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max_train_steps", type=int, default=400)
     parser.add_argument("--factor_sizes", type=int, nargs=6, default=[3, 3, 3, 3, 3, 3])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
