@@ -80,7 +80,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     card = (output / "README.md").read_text()
     assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
-    assert "unit whitening on" in card
+    assert "unit whitening on, weight of the units' kurtosis in the loss 0.03" in card
 
 
 def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir):
@@ -178,11 +178,15 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--attention_head_channels", "48", "does not divide the U-Net widths"),
         ("--timestep_bias_power", "0", "--timestep_bias_power must be positive"),
         ("--unit_noise", "-0.1", "--unit_noise must be non-negative"),
+        ("--unit_kurtosis_weight", "-0.1", "--unit_kurtosis_weight must be non-negative"),
         ("--num_units", "4", "--unit_whitening needs --train_batch_size (4) larger than --num_units (4)"),
     ]:
         with pytest.raises(SystemExit):
             train.parse_args(tiny_args(tmp_path, cache_dir, flag, value))
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path, cache_dir, "--no-unit_whitening", "--train_batch_size", "1"))
+    assert "--unit_kurtosis_weight needs --train_batch_size of at least 2" in capsys.readouterr().err
 
     from diffusers import AutoencoderKL
 

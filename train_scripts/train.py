@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Trains a DisentangledEncoder and a SkipDropoutUNet jointly with the denoising loss, refitting DyGA on a schedule.
+"""Trains a DisentangledEncoder and a SkipDropoutUNet jointly with the denoising loss (plus, in `tiny`, a kurtosis term
+on the units), refitting DyGA on a schedule.
 
     accelerate launch train_scripts/train.py --dataset builtin:shapes --resolution 32 --model_config tiny \
         --max_train_steps 2000 --output_dir outputs/shapes-tiny
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
 from diffusers_dyga.data import factor_names, factor_sizes, factors_array, images_to_tensor, load_builtin, load_image_dataset
 from diffusers_dyga.evaluation import encode_dataset, evaluate_representation, flatten_metrics
+from diffusers_dyga.training_utils import unit_kurtosis
 
 logger = get_logger(__name__)
 
@@ -53,6 +55,7 @@ PRESETS = {
         "token_hidden_dim": 64,
         "unit_noise": 0.3,
         "unit_whitening": True,
+        "unit_kurtosis_weight": 0.03,
         "unet_channels": [32, 64, 64],
         "layers_per_block": 1,
         "max_attention_resolution": 16,
@@ -83,6 +86,7 @@ PRESETS = {
         "token_hidden_dim": 64,
         "unit_noise": 0.0,
         "unit_whitening": False,
+        "unit_kurtosis_weight": 0.0,
         "unet_channels": [64, 128, 256, 256],
         "layers_per_block": 2,
         "max_attention_resolution": 16,
@@ -128,6 +132,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Whiten the units so that no two carry the same signal (--no-unit_whitening: off).",
+    )
+    model.add_argument(
+        "--unit_kurtosis_weight",
+        type=float,
+        default=None,
+        help="Weight of the units' kurtosis in the loss: turns whitened units toward single factors (0: off).",
     )
     model.add_argument(
         "--attention_head_channels", type=int, default=None, help="Channels per attention head (heads = width / this)."
@@ -210,6 +220,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"--unit_whitening needs --train_batch_size ({args.train_batch_size}) larger than --num_units ({args.num_units})."
         )
+    if args.unit_kurtosis_weight < 0:
+        parser.error(f"--unit_kurtosis_weight must be non-negative, got {args.unit_kurtosis_weight}.")
+    if args.unit_kurtosis_weight > 0 and args.train_batch_size < 2:
+        parser.error("--unit_kurtosis_weight needs --train_batch_size of at least 2 (the kurtosis is taken over the batch).")
     if args.unit_noise < 0:
         parser.error(f"--unit_noise must be non-negative, got {args.unit_noise}.")
     if args.attention_head_channels < 1 or any(c % args.attention_head_channels for c in args.unet_channels):
@@ -468,6 +482,7 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         encoder_learning_rate=args.encoder_learning_rate or args.learning_rate,
         unit_noise=args.unit_noise,
         unit_whitening="on" if args.unit_whitening else "off",
+        unit_kurtosis_weight=args.unit_kurtosis_weight,
         timestep_bias_power=args.timestep_bias_power,
         lr_scheduler=args.lr_scheduler,
         num_train_timesteps=args.num_train_timesteps,
@@ -657,7 +672,8 @@ def main(args: argparse.Namespace) -> str:
                 num_timesteps = noise_scheduler.config.num_train_timesteps
                 timesteps = sample_timesteps(latents.shape[0], num_timesteps, args.timestep_bias_power, latents.device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                tokens = encoder(pixels).tokens
+                encoder_output = encoder(pixels)
+                tokens = encoder_output.tokens
                 if args.dyga and anchorer.is_fitted:
                     tokens = anchorer.align(tokens)
                 prediction = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
@@ -668,7 +684,11 @@ def main(args: argparse.Namespace) -> str:
                 else:
                     target = latents
                 loss_fn = F.l1_loss if args.loss == "l1" else F.mse_loss
-                loss = loss_fn(prediction.float(), target.float())
+                denoising_loss = loss_fn(prediction.float(), target.float())
+                loss = denoising_loss
+                if args.unit_kurtosis_weight > 0:
+                    kurtosis = unit_kurtosis(encoder_output.units)
+                    loss = loss + args.unit_kurtosis_weight * kurtosis
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(list(encoder.parameters()) + list(unet.parameters()), args.max_grad_norm)
@@ -683,7 +703,13 @@ def main(args: argparse.Namespace) -> str:
                 ema_encoder.step(encoder.parameters())
             progress_bar.update(1)
             global_step += 1
-            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            logs = {
+                "loss": loss.detach().item(),
+                "denoising_loss": denoising_loss.detach().item(),
+                "lr": lr_scheduler.get_last_lr()[0],
+            }
+            if args.unit_kurtosis_weight > 0:
+                logs["unit_kurtosis"] = kurtosis.detach().item()
             if args.dyga and global_step % args.dyga_every == 0:
                 fit = fit_anchorer(args, accelerator, accelerator.unwrap_model(encoder), anchorer, dataset, global_step)
                 dyga_fits.append(fit)

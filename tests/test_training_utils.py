@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from diffusers_dyga.training_utils import unit_kurtosis
+
+
+def rotation(angle: torch.Tensor) -> torch.Tensor:
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
+
+
+def three_valued_sources(num_samples: int, seed: int = 0) -> torch.Tensor:
+    """`(num_samples, 2)` independent factors with 3 equally likely values each, standardised."""
+    generator = torch.Generator().manual_seed(seed)
+    sources = torch.randint(0, 3, (num_samples, 2), generator=generator).float() - 1.0
+    return (sources - sources.mean(0)) / sources.std(0)
+
+
+def test_unit_kurtosis_scores_gaussian_three_valued_and_binary_units():
+    generator = torch.Generator().manual_seed(0)
+    assert unit_kurtosis(torch.randn(200000, 4, generator=generator)).item() == pytest.approx(3.0, abs=0.05)
+    assert unit_kurtosis(three_valued_sources(200000)).item() == pytest.approx(1.5, abs=0.02)
+    binary = torch.randint(0, 2, (200000, 3), generator=generator).float()
+    assert unit_kurtosis(binary).item() == pytest.approx(1.0, abs=0.01)
+    assert unit_kurtosis(7.0 * binary + 3.0).item() == pytest.approx(unit_kurtosis(binary).item(), rel=1e-4)
+
+
+def test_minimising_unit_kurtosis_rotates_mixed_units_back_onto_the_factors():
+    sources = three_valued_sources(4096)
+    mixed = sources @ rotation(torch.tensor(0.5)).T
+    mixed_kurtosis = unit_kurtosis(mixed).item()
+    angle = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam([angle], lr=0.02)
+    for _ in range(300):
+        optimizer.zero_grad()
+        unit_kurtosis(mixed @ rotation(angle).T).backward()
+        optimizer.step()
+    unmixed = mixed @ rotation(angle.detach()).T
+    correlation = torch.corrcoef(torch.cat([unmixed, sources], dim=1).T)[:2, 2:].abs()
+    assert mixed_kurtosis > 1.9 and unit_kurtosis(unmixed).item() == pytest.approx(1.5, abs=0.02)
+    assert correlation.max(dim=1).values.min() > 0.999, correlation
+
+
+def test_unit_kurtosis_rejects_single_rows_and_wrong_shapes():
+    with pytest.raises(ValueError, match=r"units of shape \(batch >= 2, num_units\), got \(1, 4\)"):
+        unit_kurtosis(torch.randn(1, 4))
+    with pytest.raises(ValueError, match=r"got \(2, 3, 4\)"):
+        unit_kurtosis(torch.randn(2, 3, 4))
