@@ -1,0 +1,60 @@
+"""What each latent unit of a trained pipeline holds: the share of its variance explained by each factor.
+
+    python benchmarks/unit_factors.py benchmarks/results/ablation/SD-DyGA-seed0 --factor_sizes 3 3 3 3 3 3
+
+Encodes the whole `shapes` grid, standardises every unit, and for each unit and factor takes the variance of the
+unit's mean over the factor's values (1 for a unit that is a function of that factor alone and takes a different
+mean at each value, 0 for a unit that ignores it). Also prints each unit's kurtosis and the mean absolute
+correlation between units.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from common import print_table, write_json
+
+from diffusers_dyga import DisentangledDiffusionPipeline
+from diffusers_dyga.data import factor_names, factors_array, load_builtin
+from diffusers_dyga.evaluation import encode_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", help="A saved DisentangledDiffusionPipeline folder.")
+    parser.add_argument("--factor_sizes", type=int, nargs=6, default=[3, 3, 3, 3, 3, 3])
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "unit_factors.json"))
+    options = parser.parse_args()
+
+    dataset = load_builtin("shapes", resolution=options.resolution, factor_sizes=tuple(options.factor_sizes))
+    pipeline = DisentangledDiffusionPipeline.from_pretrained(options.pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    codes = encode_dataset(pipeline.encode, dataset)
+    factors, names = factors_array(dataset), factor_names(dataset)
+    standardised = (codes - codes.mean(axis=0)) / codes.std(axis=0).clip(min=1e-12)
+    shares = np.zeros((codes.shape[1], len(names)))
+    for index, size in enumerate(options.factor_sizes):
+        means = np.stack([standardised[factors[:, index] == value].mean(axis=0) for value in range(size)])
+        shares[:, index] = means.var(axis=0)
+    kurtosis = (standardised**4).mean(axis=0)
+    correlation = np.corrcoef(standardised.T)[np.triu_indices(codes.shape[1], 1)]
+    rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}"] for unit in range(codes.shape[1])]
+    print_table(["unit", *names, "kurtosis"], rows)
+    print(f"mean absolute correlation between units: {np.abs(correlation).mean():.3f}")
+    write_json(
+        options.output,
+        {
+            "options": vars(options),
+            "factor_names": names,
+            "shares": shares.tolist(),
+            "kurtosis": kurtosis.tolist(),
+            "mean_absolute_correlation": float(np.abs(correlation).mean()),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
