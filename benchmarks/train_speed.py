@@ -21,6 +21,7 @@ from common import print_table, write_json
 from diffusers import DDIMScheduler
 
 from diffusers_dyga import DisentangledDiffusionPipeline, SkipDropoutUNet
+from diffusers_dyga.training_utils import unit_kurtosis
 
 ROOT = Path(__file__).resolve().parents[1]
 DIFFUSERS_DEFAULT_HEADS = 8  # UNet2DConditionModel's default `attention_head_dim`, which it uses as the head count
@@ -49,7 +50,8 @@ def build_variant(train, diffusers_heads: bool, default_processor: bool):
 
 
 def train_steps(variant, images: torch.Tensor, num_steps: int) -> float:
-    """Seconds per training step (forward, backward, optimizer), the training script's step without data loading."""
+    """Seconds per training step (forward, backward, optimizer), the training script's step (unit whitening and the
+    kurtosis term included) without data loading."""
     args, encoder, unet, noise_scheduler, optimizer = variant
     encoder.train()
     unet.train()
@@ -58,8 +60,11 @@ def train_steps(variant, images: torch.Tensor, num_steps: int) -> float:
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (images.shape[0],))
         noisy = noise_scheduler.add_noise(images, noise, timesteps)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=encoder(images).tokens).sample
+        encoded = encoder(images)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=encoded.tokens).sample
         loss = torch.nn.functional.mse_loss(prediction, noise)
+        if args.unit_kurtosis_weight > 0:
+            loss = loss + args.unit_kurtosis_weight * unit_kurtosis(encoded.units)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
