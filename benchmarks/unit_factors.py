@@ -40,10 +40,10 @@ def main() -> None:
         means = np.stack([standardised[factors[:, index] == value].mean(axis=0) for value in range(size)])
         shares[:, index] = means.var(axis=0)
     kurtosis = (standardised**4).mean(axis=0)
-    correlation = np.corrcoef(standardised.T)[np.triu_indices(codes.shape[1], 1)]
+    mean_absolute_correlation = float(np.abs(np.corrcoef(standardised.T)[np.triu_indices(codes.shape[1], 1)]).mean())
     rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}"] for unit in range(codes.shape[1])]
     print_table(["unit", *names, "kurtosis"], rows)
-    print(f"mean absolute correlation between units: {np.abs(correlation).mean():.3f}")
+    print(f"mean absolute correlation between units: {mean_absolute_correlation:.3f}")
     write_json(
         options.output,
         {
@@ -51,7 +51,7 @@ def main() -> None:
             "factor_names": names,
             "shares": shares.tolist(),
             "kurtosis": kurtosis.tolist(),
-            "mean_absolute_correlation": float(np.abs(correlation).mean()),
+            "mean_absolute_correlation": mean_absolute_correlation,
         },
     )
 
