@@ -2,10 +2,9 @@
 
     python benchmarks/unit_factors.py benchmarks/results/ablation/SD-DyGA-seed0 --factor_sizes 3 3 3 3 3 3
 
-Encodes the whole `shapes` grid, standardises every unit, and for each unit and factor takes the variance of the
-unit's mean over the factor's values (1 for a unit that is a function of that factor alone and takes a different
-mean at each value, 0 for a unit that ignores it). Also prints each unit's kurtosis and the mean absolute
-correlation between units.
+Encodes the whole `shapes` grid and, for each unit and factor, takes the share of the unit's variance that the factor
+explains (`diffusers_dyga.evaluation.unit_factor_shares`: 1 for a unit that is a function of that factor alone, 0
+for a unit that ignores it). Also prints each unit's kurtosis and the mean absolute correlation between units.
 """
 
 import argparse
@@ -16,7 +15,7 @@ from common import print_table, write_json
 
 from diffusers_dyga import DisentangledDiffusionPipeline
 from diffusers_dyga.data import factor_names, factors_array, load_builtin
-from diffusers_dyga.evaluation import encode_dataset
+from diffusers_dyga.evaluation import encode_dataset, unit_factor_shares
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +33,8 @@ def main() -> None:
     pipeline.set_progress_bar_config(disable=True)
     codes = encode_dataset(pipeline.encode, dataset)
     factors, names = factors_array(dataset), factor_names(dataset)
+    shares = unit_factor_shares(codes, factors, options.factor_sizes)
     standardised = (codes - codes.mean(axis=0)) / codes.std(axis=0).clip(min=1e-12)
-    shares = np.zeros((codes.shape[1], len(names)))
-    for index, size in enumerate(options.factor_sizes):
-        means = np.stack([standardised[factors[:, index] == value].mean(axis=0) for value in range(size)])
-        shares[:, index] = means.var(axis=0)
     kurtosis = (standardised**4).mean(axis=0)
     mean_absolute_correlation = float(np.abs(np.corrcoef(standardised.T)[np.triu_indices(codes.shape[1], 1)]).mean())
     rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}"] for unit in range(codes.shape[1])]

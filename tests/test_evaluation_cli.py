@@ -19,6 +19,8 @@ def test_cli_evaluates_a_saved_pipeline_and_writes_json(tmp_path, capsys):
             "--cache_dir", str(tmp_path / "cache"),
             "--num_train", "100",
             "--num_test", "50",
+            "--control_num_sources", "4",
+            "--control_inference_steps", "2",
             "--output", str(output),
         ]
     )  # fmt: skip
@@ -26,7 +28,17 @@ def test_cli_evaluates_a_saved_pipeline_and_writes_json(tmp_path, capsys):
     assert report["num_rows"] == 48 and report["factor_sizes"] == [2, 2, 3, 1, 2, 2]
     assert set(report["metrics"]) == {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
     assert 0.0 <= report["metrics"]["dci"]["disentanglement"] <= 1.0
+    control = report["controllability"]
+    assert control["settings"]["num_sources"] == 4 and control["settings"]["num_inference_steps"] == 2
+    assert set(control["reconstruction_accuracy"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
+    assert "held_out_degraded_accuracy" in control["factor_classifier"]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_refuses_an_output_folder_that_does_not_exist_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--pipeline", str(tmp_path / "never"), "--dataset", "builtin:shapes", "--output", str(tmp_path / "no" / "m.json")])
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_cli_rejects_unknown_datasets():

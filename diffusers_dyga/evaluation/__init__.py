@@ -4,16 +4,21 @@ Every metric takes `codes` `(n, num_codes)` and `factors` `(n, num_factors)` for
 and returns a dict of named floats.
 """
 
+from .controllability import controllability, unit_factor_shares
 from .dci import completeness, dci, disentanglement
 from .downstream import downstream_accuracy
+from .factor_classifier import FactorClassifier, load_or_train_factor_classifier, train_factor_classifier
 from .factor_vae import factor_vae_score
 from .mig import mig
 from .modularity_explicitness import modularity, modularity_explicitness
 from .sap import sap
-from .suite import encode_dataset, evaluate_representation, flatten_metrics
+from .suite import dataset_images, encode_dataset, evaluate_representation, flatten_metrics
 
 __all__ = [
+    "FactorClassifier",
     "completeness",
+    "controllability",
+    "dataset_images",
     "dci",
     "disentanglement",
     "downstream_accuracy",
@@ -21,8 +26,11 @@ __all__ = [
     "evaluate_representation",
     "factor_vae_score",
     "flatten_metrics",
+    "load_or_train_factor_classifier",
     "mig",
     "modularity",
     "modularity_explicitness",
     "sap",
+    "train_factor_classifier",
+    "unit_factor_shares",
 ]

@@ -2,15 +2,21 @@
 
     python -m diffusers_dyga.evaluation --pipeline PATH_OR_REPO --dataset builtin:shapes --resolution 32 \
         --factor_sizes 4 4 4 3 4 3 --output metrics.json
+
+Scores the units with the metric suite and, unless `--control_num_sources 0`, the renders with the controllability
+measure (a factor classifier trained on the dataset's images, cached in `--cache_dir`).
 """
 
 import argparse
 import json
+import os
 import time
 
 import torch
 
 from ..data import factor_names, factor_sizes, factors_array, load_3dshapes_h5, load_builtin, load_dsprites_npz, load_mpi3d_npz
+from .controllability import controllability
+from .factor_classifier import load_or_train_factor_classifier
 from .suite import encode_dataset, evaluate_representation
 
 FILE_LOADERS = {"3dshapes": load_3dshapes_h5, "dsprites_npz": load_dsprites_npz, "mpi3d": load_mpi3d_npz}
@@ -43,8 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_train", type=int, default=10000)
     parser.add_argument("--num_test", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control_num_sources", type=int, default=32, help="Sources rendered per edit (0: renders not scored).")
+    parser.add_argument("--control_inference_steps", type=int, default=25)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    output_folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(output_folder):
+        parser.error(f"--output {args.output}: the folder {output_folder} does not exist.")
 
     from .. import DisentangledDiffusionPipeline
 
@@ -63,6 +74,22 @@ def main(argv: list[str] | None = None) -> None:
         factor_names=factor_names(dataset),
         random_state=args.seed,
     )
+    metric_seconds = time.perf_counter() - start
+    control = None
+    if args.control_num_sources > 0:
+        start = time.perf_counter()
+        classifier, classifier_report = load_or_train_factor_classifier(dataset, cache_dir=args.cache_dir)
+        control = controllability(
+            pipe,
+            dataset,
+            classifier.to(args.device),
+            codes=codes,
+            num_sources=args.control_num_sources,
+            num_inference_steps=args.control_inference_steps,
+            seed=args.seed,
+        )
+        control["factor_classifier"] = classifier_report
+        control["seconds"] = time.perf_counter() - start
     report = {
         "pipeline": args.pipeline,
         "dataset": args.dataset,
@@ -70,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         "factor_names": factor_names(dataset),
         "factor_sizes": factor_sizes(dataset),
         "encode_seconds": encode_seconds,
-        "metric_seconds": time.perf_counter() - start,
+        "metric_seconds": metric_seconds,
         "metrics": metrics,
+        "controllability": control,
     }
     with open(args.output, "w") as file:
         json.dump(report, file, indent=2)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps({"metrics": metrics, "controllability": control}, indent=2))
     print("wrote", args.output)
 
 

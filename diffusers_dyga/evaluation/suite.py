@@ -60,17 +60,24 @@ def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{group}/{name}": value for group, values in metrics.items() for name, value in values.items()}
 
 
+def dataset_images(dataset: datasets.Dataset, rows: list[int] | np.ndarray | range | None = None) -> torch.Tensor:
+    """`(len(rows), C, H, W)` images in [-1, 1] of the dataset's `rows` (default: every row)."""
+    if "image" not in dataset.column_names:
+        raise ValueError(f"The dataset has no 'image' column; its columns are {dataset.column_names}.")
+    images = dataset.select_columns(["image"])
+    if rows is not None:
+        images = images.select(rows)
+    return images_to_tensor(images["image"])
+
+
 @torch.no_grad()
 def encode_dataset(
     encode: Callable[[torch.Tensor], torch.Tensor], dataset: datasets.Dataset, batch_size: int = 256
 ) -> np.ndarray:
     """Representations `(num_rows, num_codes)` of every row, from `encode`: `(B, C, H, W)` images in [-1, 1] ->
     `(B, num_codes)`."""
-    if "image" not in dataset.column_names:
-        raise ValueError(f"The dataset has no 'image' column; its columns are {dataset.column_names}.")
-    images = dataset.select_columns(["image"])
     codes = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]["image"]
-        codes.append(encode(images_to_tensor(batch)).float().cpu().numpy())
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset_images(dataset, range(start, min(start + batch_size, len(dataset))))
+        codes.append(encode(batch).float().cpu().numpy())
     return np.concatenate(codes)
