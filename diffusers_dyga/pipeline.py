@@ -69,6 +69,9 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         anchorer ([`DyGAAnchorer`], *optional*): when fitted, tokens are aligned to their anchors and generation
             samples from its mixtures.
         vae ([`AutoencoderKL`] or [`VQModel`], *optional*): for latent diffusion; pixel space when absent.
+        guidance_scale (`float`, defaults to 1.0): the classifier-free guidance scale used when `__call__` is given
+            none. Guidance needs a U-Net trained with token dropout (the training script's `--token_dropout`), which
+            sets this to the scale it validated with; 1 renders without guidance.
     """
 
     model_cpu_offload_seq = "encoder->unet->vae"
@@ -81,8 +84,11 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         anchorer: DyGAAnchorer | None = None,
         vae: AutoencoderKL | VQModel | None = None,
+        guidance_scale: float = 1.0,
     ):
         super().__init__()
+        if guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be at least 1 (1: no guidance), got {guidance_scale}.")
         if unet.config.cross_attention_dim != encoder.config.unit_dim:
             raise ValueError(
                 f"The U-Net's cross_attention_dim ({unet.config.cross_attention_dim}) must equal the encoder's "
@@ -103,6 +109,7 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
                 f"The U-Net's in_channels ({unet.config.in_channels}) must equal {source} ({expected_channels})."
             )
         self.register_modules(encoder=encoder, unet=unet, scheduler=scheduler, anchorer=anchorer, vae=vae)
+        self.register_to_config(guidance_scale=guidance_scale)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
 
     @classmethod
@@ -208,6 +215,7 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
+        guidance_scale: float | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> DisentangledDiffusionPipelineOutput | tuple:
@@ -216,12 +224,21 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         `num_images` token sets sampled from the fitted anchorer. With images or units, `num_images` renders are
         made per input.
 
+        `guidance_scale` (default: the pipeline's `config.guidance_scale`) above 1 applies classifier-free guidance:
+        each step's prediction is `uncond + guidance_scale * (cond - uncond)`, where `uncond` reads all-zero tokens,
+        the null condition the U-Net learned under token dropout.
+
         Returns a [`DisentangledDiffusionPipelineOutput`] (images, units, tokens), or a tuple of them.
         """
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        if guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be at least 1 (1: no guidance), got {guidance_scale}.")
         with torch.no_grad(), eval_mode(self.encoder, self.unet, self.vae):
-            return self._render(images, units, num_images, num_inference_steps, generator, eta, output_type, return_dict)
+            return self._render(
+                images, units, num_images, num_inference_steps, generator, eta, guidance_scale, output_type, return_dict
+            )
 
-    def _render(self, images, units, num_images, num_inference_steps, generator, eta, output_type, return_dict):
+    def _render(self, images, units, num_images, num_inference_steps, generator, eta, guidance_scale, output_type, return_dict):
         if images is not None and units is not None:
             raise ValueError("Pass either `images` or `units`, not both.")
         if num_inference_steps < 1 or num_images < 1:
@@ -249,9 +266,15 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        guided = guidance_scale > 1
+        conditioning = torch.cat([torch.zeros_like(tokens), tokens]) if guided else tokens
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(latents, t)
-            noise_pred = self.unet(model_input, t, encoder_hidden_states=tokens).sample
+            model_input = torch.cat([model_input] * 2) if guided else model_input
+            noise_pred = self.unet(model_input, t, encoder_hidden_states=conditioning).sample
+            if guided:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
 
         if self.vae is not None:

@@ -10,7 +10,8 @@ from torch import nn
 
 class SkipDropoutUNet(UNet2DConditionModel):
     """
-    A [`UNet2DConditionModel`] whose decoder skip connections are dropped during training (Skip Dropout).
+    A [`UNet2DConditionModel`] whose decoder skip connections are dropped during training (Skip Dropout), and that
+    can read the pixel coordinates.
 
     While `training`, each skip tensor `(batch, channels, h, w)` at the chosen resolutions is multiplied by a
     per-sample, per-channel Bernoulli keep-mask with keep probability `1 - skip_dropout`, rescaled by
@@ -22,18 +23,34 @@ class SkipDropoutUNet(UNet2DConditionModel):
         skip_dropout_resolutions (`tuple[int]`, *optional*): spatial sizes (in pixels of the U-Net input, e.g.
             `(32, 16, 8)` for a 32x32 input) of the skips to drop. Defaults to every resolution but the lowest, as in
             the official implementation. Requires `sample_size` when given.
+        coordinate_input (`bool`, defaults to `False`): append two channels holding each pixel's x and y coordinate
+            (in [-1, 1]) to the input of `conv_in` (CoordConv). A convolutional U-Net fed pure noise otherwise knows a
+            pixel's position only through the zero padding, so it can colour the image from the tokens but hardly
+            place what they describe (an object, a wall's corner). `in_channels` stays the channels of the sample.
     """
 
-    def __init__(self, *args, skip_dropout: float = 0.2, skip_dropout_resolutions: tuple[int, ...] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        skip_dropout: float = 0.2,
+        skip_dropout_resolutions: tuple[int, ...] | None = None,
+        coordinate_input: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if not 0.0 <= skip_dropout < 1.0:
             raise ValueError(f"skip_dropout must be in [0, 1), got {skip_dropout}.")
         self.register_to_config(
             skip_dropout=skip_dropout,
             skip_dropout_resolutions=None if skip_dropout_resolutions is None else list(skip_dropout_resolutions),
+            coordinate_input=coordinate_input,
         )
         for index in self.dropped_up_blocks():
             self.up_blocks[index].register_forward_pre_hook(self._drop_skips, with_kwargs=True)
+        if coordinate_input:
+            conv = self.conv_in
+            self.conv_in = nn.Conv2d(conv.in_channels + 2, conv.out_channels, conv.kernel_size, padding=conv.padding)
+            self.conv_in.register_forward_pre_hook(self._append_coordinates)
 
     def skip_resolutions(self) -> list[int]:
         """Spatial size of the skips each up block reads, lowest resolution (first up block) first."""
@@ -54,6 +71,15 @@ class SkipDropoutUNet(UNet2DConditionModel):
         if unknown:
             raise ValueError(f"skip_dropout_resolutions {unknown} are not skip resolutions of this U-Net ({available}).")
         return [index for index, size in enumerate(available) if size in resolutions]
+
+    @staticmethod
+    def _append_coordinates(module: nn.Module, args: tuple) -> tuple:
+        sample = args[0]
+        batch, _, height, width = sample.shape
+        y = torch.linspace(-1.0, 1.0, height, device=sample.device, dtype=sample.dtype)
+        x = torch.linspace(-1.0, 1.0, width, device=sample.device, dtype=sample.dtype)
+        coordinates = torch.stack(torch.meshgrid(x, y, indexing="xy")).expand(batch, 2, height, width)
+        return (torch.cat([sample, coordinates], dim=1),) + args[1:]
 
     def _drop_skips(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         rate = self.config.skip_dropout
@@ -77,6 +103,7 @@ def _signature_with_skip_dropout() -> inspect.Signature:
         inspect.Parameter(
             "skip_dropout_resolutions", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=tuple[int, ...] | None
         ),
+        inspect.Parameter("coordinate_input", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
     ]
     return parent.replace(parameters=list(parent.parameters.values()) + extra)
 

@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, VQModel
 
 from diffusers_dyga import DisentangledDiffusionPipeline, DyGAAnchorer
+from diffusers_dyga.pipeline import eval_mode
 
 from .tiny import NUM_UNITS, SIZE, UNIT_DIM, random_images, tiny_encoder, tiny_pipeline, tiny_unet
 
@@ -123,6 +124,43 @@ def test_interchange_grid(pipeline):
     assert grid.size == ((2 + 1 + 2) * SIZE, 3 * SIZE)
     full = pipeline.interchange_grid(random_images(2), donor_images=random_images(2, seed=5), num_inference_steps=1)
     assert full.size == ((2 + 1 + NUM_UNITS) * SIZE, 2 * SIZE)
+
+
+def test_classifier_free_guidance_extrapolates_from_the_null_condition(pipeline):
+    units = pipeline.encode(random_images(2))
+
+    def one_step(guidance_scale=None):
+        generator = torch.Generator().manual_seed(0)
+        return pipeline(units=units, num_inference_steps=1, generator=generator, output_type="latent", guidance_scale=guidance_scale).images
+
+    unguided, twice, thrice = one_step(), one_step(2.0), one_step(3.0)
+    assert torch.equal(unguided, one_step(1.0)) and not torch.allclose(unguided, twice)
+    torch.testing.assert_close(thrice - twice, twice - unguided, atol=1e-5, rtol=0)
+
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn((2, 3, SIZE, SIZE), generator=generator) * pipeline.scheduler.init_noise_sigma
+    pipeline.scheduler.set_timesteps(1)
+    t = pipeline.scheduler.timesteps[0]
+    with torch.no_grad(), eval_mode(pipeline.unet):
+        null_prediction = pipeline.unet(latents, t, encoder_hidden_states=torch.zeros(2, NUM_UNITS, UNIT_DIM)).sample
+    null_render = pipeline.scheduler.step(null_prediction, t, latents).prev_sample
+    torch.testing.assert_close(2 * unguided - twice, null_render, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="guidance_scale must be at least 1"):
+        pipeline(units=units, num_inference_steps=1, guidance_scale=0.5)
+
+
+def test_default_guidance_scale_is_saved_with_the_pipeline(tmp_path):
+    pipe = tiny_pipeline()
+    guided = DisentangledDiffusionPipeline(**pipe.components, guidance_scale=2.5)
+    guided.set_progress_bar_config(disable=True)
+    guided.save_pretrained(tmp_path)
+    loaded = DisentangledDiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.guidance_scale == 2.5
+    images = random_images(2)
+    assert torch.equal(render(loaded, images=images).images, render(pipe, images=images, guidance_scale=2.5).images)
+    with pytest.raises(ValueError, match="guidance_scale must be at least 1"):
+        DisentangledDiffusionPipeline(**pipe.components, guidance_scale=0.0)
 
 
 def test_save_load_gives_identical_outputs(pipeline, tmp_path):

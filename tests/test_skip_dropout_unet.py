@@ -111,3 +111,24 @@ def test_loads_a_plain_unet_checkpoint(tmp_path):
     assert loaded.config.skip_dropout == 0.2
     assert tuple(loaded.config.block_out_channels) == (16, 32)
     assert torch.equal(loaded(*unet_inputs()).sample, plain(*unet_inputs()).sample)
+
+
+def test_coordinate_input_gives_the_first_conv_each_pixels_position(tmp_path):
+    unet = tiny_unet(coordinate_input=True).eval()
+    assert unet.config.in_channels == 3 and unet.conv_in.in_channels == 5
+    seen = []
+    unet.conv_in.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    sample, tokens = torch.zeros(2, 3, SIZE, SIZE), torch.randn(2, 4, UNIT_DIM)
+    with torch.no_grad():
+        output = unet(sample, 10, encoder_hidden_states=tokens).sample
+    coordinates = seen[0][:, 3:]
+    assert output.shape == sample.shape and seen[0].shape == (2, 5, SIZE, SIZE)
+    assert coordinates[0, 0, 0].tolist() == torch.linspace(-1, 1, SIZE).tolist()
+    assert coordinates[0, 1, :, 0].tolist() == torch.linspace(-1, 1, SIZE).tolist()
+    assert torch.equal(coordinates[0], coordinates[1])
+
+    unet.save_pretrained(tmp_path)
+    reloaded = SkipDropoutUNet.from_pretrained(tmp_path).eval()
+    assert reloaded.config.coordinate_input and reloaded.conv_in.in_channels == 5
+    with torch.no_grad():
+        assert torch.equal(reloaded(sample, 10, encoder_hidden_states=tokens).sample, output)
