@@ -6,7 +6,7 @@
 
 Every run is `train_scripts/train.py` with the `tiny` preset on `builtin:shapes` at 32x32 and the same step budget;
 the variants differ only in `--skip_dropout 0` and `--no-dyga`. The training script evaluates the full metric suite
-on the whole factor grid at the end. A run whose folder already holds a `training_report.json` made with the same
+on the whole factor grid and the controllability of the renders at the end. A run whose folder already holds a `training_report.json` made with the same
 command and the same sources (training script and package) is reused. Writes `ablation.json`, `ablation.md`
 (mean +- sample std over seeds) and `ablation.png`.
 """
@@ -38,6 +38,8 @@ HEADLINE = {
     "sap/sap": "SAP",
     "modularity_explicitness/modularity": "modularity",
     "downstream/mean_accuracy": "downstream",
+    "controllability/mean_swap_accuracy": "swap acc.",
+    "controllability/mean_traversal_accuracy": "traversal acc.",
 }
 
 
@@ -85,6 +87,7 @@ def train_or_reuse(options, variant: str, seed: int) -> dict:
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     report = json.loads((output_dir / "training_report.json").read_text())
+    details = report["metrics"].pop("controllability_details", None)
     metrics = {f"{group}/{name}": value for group, values in report["metrics"].items() for name, value in values.items()}
     record = {
         "variant": variant,
@@ -94,6 +97,7 @@ def train_or_reuse(options, variant: str, seed: int) -> dict:
         "process_seconds": seconds,
         "training_minutes": report["wall_minutes"],
         "metrics": metrics,
+        "controllability": details,
         "dyga_components": report["dyga_fits"][-1]["num_components"] if report["dyga_fits"] else None,
     }
     record_path.write_text(json.dumps(record, indent=2))

@@ -62,7 +62,7 @@ def tiny_args(output_dir, cache_dir, *extra) -> list[str]:
 
 def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path, cache_dir):
     output = tmp_path / "run"
-    train.main(train.parse_args(tiny_args(output, cache_dir, "--use_ema")))
+    train.main(train.parse_args(tiny_args(output, cache_dir, "--use_ema", "--token_dropout", "0.5", "--guidance_scale", "2")))
     for name in ("model_index.json", "README.md", "interchange_grid.png", "training_report.json"):
         assert (output / name).is_file(), name
     assert (output / "checkpoint-3" / "anchorer").is_dir() and (output / "checkpoint-6" / "unet_ema").is_dir()
@@ -70,17 +70,26 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     report = json.loads((output / "training_report.json").read_text())
     assert report["steps"] == 6 and [fit["step"] for fit in report["dyga_fits"]] == [3, 6, 6]
     assert report["images_per_second"] > 0 and (report["peak_gpu_memory_gib"] is None) == (not torch.cuda.is_available())
-    assert set(report["metrics"]) == {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
+    assert set(report["metrics"]) == {
+        "factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream", "controllability", "controllability_details"
+    }  # fmt: skip
+    control = report["metrics"]["controllability_details"]
+    assert set(control["reconstruction_accuracy"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
+    assert control["settings"]["num_sources"] == 16 and "held_out_accuracy" in control["factor_classifier"]
+    assert report["metrics"]["controllability"]["mean_swap_accuracy"] == control["mean_swap_accuracy"]
 
     pipe = DisentangledDiffusionPipeline.from_pretrained(output)
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.anchorer.is_fitted and pipe.unet.config.skip_dropout == 0.2
+    assert pipe.anchorer.is_fitted and pipe.unet.config.skip_dropout == 0.2 and pipe.config.guidance_scale == 2.0
     images = pipe(num_images=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
     assert len(images) == 2 and images[0].size == (16, 16)
     card = (output / "README.md").read_text()
     assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
-    assert "unit whitening on, weight of the units' kurtosis in the loss 0.03" in card
+    assert "the units are whitened" in card and "their kurtosis is added to the loss with weight 0.03" in card
+    assert "training timesteps drawn uniformly" in card and "at most 3 Gaussians per unit" in card
+    assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
+    assert "## Controllability of the renders" in card and "| factor | reconstruction accuracy |" in card
 
 
 def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir):
@@ -179,6 +188,9 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--timestep_bias_power", "0", "--timestep_bias_power must be positive"),
         ("--unit_noise", "-0.1", "--unit_noise must be non-negative"),
         ("--unit_kurtosis_weight", "-0.1", "--unit_kurtosis_weight must be non-negative"),
+        ("--token_dropout", "1", "--token_dropout must be in [0, 1)"),
+        ("--guidance_scale", "0.5", "--guidance_scale must be at least 1"),
+        ("--guidance_scale", "3", "--guidance_scale above 1 needs --token_dropout above 0"),
         ("--num_units", "4", "--unit_whitening needs --train_batch_size (4) larger than --num_units (4)"),
     ]:
         with pytest.raises(SystemExit):
@@ -237,11 +249,13 @@ def test_timestep_bias_power_shifts_training_timesteps_toward_high_noise():
 
 
 def test_preset_heads_follow_attention_head_channels_and_encoder_has_its_own_learning_rate(tmp_path, cache_dir):
-    args = train.parse_args(tiny_args(tmp_path, cache_dir, "--encoder_learning_rate", "1e-3", "--attention_head_channels", "16"))
+    defaults = train.parse_args(tiny_args(tmp_path, cache_dir))
+    assert (defaults.learning_rate, defaults.encoder_learning_rate, defaults.coordinate_input) == (1e-3, 2e-4, True)
+    args = train.parse_args(tiny_args(tmp_path, cache_dir, "--encoder_learning_rate", "5e-4", "--attention_head_channels", "16"))
     args.vae_scale = 1
     encoder, unet, _, _ = train.build_models(args, in_channels=3, latent_channels=3)
     heads = [block.attentions[0].transformer_blocks[0].attn2.heads for block in unet.down_blocks if hasattr(block, "attentions")]
     assert heads == [32 // 16, 64 // 16, 64 // 16]
     optimizer = train.build_optimizer(args, encoder, unet)
-    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, args.learning_rate]
-    assert args.learning_rate != 1e-3
+    assert [group["lr"] for group in optimizer.param_groups] == [5e-4, 1e-3]
+    assert unet.config.coordinate_input and unet.conv_in.in_channels == 5

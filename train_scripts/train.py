@@ -38,7 +38,13 @@ from tqdm.auto import tqdm
 
 from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
 from diffusers_dyga.data import factor_names, factor_sizes, factors_array, images_to_tensor, load_builtin, load_image_dataset
-from diffusers_dyga.evaluation import encode_dataset, evaluate_representation, flatten_metrics
+from diffusers_dyga.evaluation import (
+    controllability,
+    encode_dataset,
+    evaluate_representation,
+    flatten_metrics,
+    load_or_train_factor_classifier,
+)
 from diffusers_dyga.training_utils import unit_kurtosis
 
 logger = get_logger(__name__)
@@ -61,7 +67,8 @@ PRESETS = {
         "max_attention_resolution": 16,
         "attention_head_channels": 32,
         "train_batch_size": 32,
-        "learning_rate": 2e-4,
+        "learning_rate": 1e-3,
+        "encoder_learning_rate": 2e-4,
         "lr_warmup_steps": 100,
         "num_train_timesteps": 1000,
         "beta_schedule": "linear",
@@ -71,6 +78,9 @@ PRESETS = {
         "timestep_bias_power": 1.0,
         "loss": "l2",
         "skip_dropout": 0.2,
+        "token_dropout": 0.0,
+        "guidance_scale": 1.0,
+        "coordinate_input": True,
         "ema_decay": 0.999,
         "dyga_every": 100,
         "dyga_samples": 2000,
@@ -93,6 +103,7 @@ PRESETS = {
         "attention_head_channels": 32,
         "train_batch_size": 512,
         "learning_rate": 1e-4,
+        "encoder_learning_rate": 1e-4,
         "lr_warmup_steps": 500,
         "num_train_timesteps": 1000,
         "beta_schedule": "scaled_linear",
@@ -102,6 +113,9 @@ PRESETS = {
         "timestep_bias_power": 1.0,
         "loss": "l1",
         "skip_dropout": 0.2,
+        "token_dropout": 0.0,
+        "guidance_scale": 1.0,
+        "coordinate_input": False,
         "ema_decay": 0.9999,
         "dyga_every": 2000,
         "dyga_samples": 10000,
@@ -142,6 +156,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--attention_head_channels", type=int, default=None, help="Channels per attention head (heads = width / this)."
     )
+    model.add_argument(
+        "--token_dropout",
+        type=float,
+        default=None,
+        help="Share of training images whose tokens are replaced by zeros (the null condition of classifier-free guidance).",
+    )
+    model.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale of validation renders, saved as the pipeline's default (1: none).",
+    )
+    model.add_argument(
+        "--coordinate_input",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Give the U-Net each pixel's coordinates as two extra input channels (--no-coordinate_input: off).",
+    )
     model.add_argument("--skip_dropout", type=float, default=None)
     model.add_argument("--skip_dropout_resolutions", type=int, nargs="+", default=None)
     model.add_argument("--dyga", action=argparse.BooleanOptionalAction, default=True, help="Use DyGA (--no-dyga: off).")
@@ -171,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--learning_rate", type=float, default=None)
-    train.add_argument("--encoder_learning_rate", type=float, default=None, help="Encoder LR (default: --learning_rate).")
+    train.add_argument("--encoder_learning_rate", type=float, default=None, help="Learning rate of the encoder (the U-Net trains at --learning_rate).")
     train.add_argument("--lr_scheduler", default="constant_with_warmup")
     train.add_argument("--lr_warmup_steps", type=int, default=None)
     train.add_argument("--adam_beta1", type=float, default=0.9)
@@ -195,6 +227,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     validation.add_argument("--eval_max_rows", type=int, default=100000, help="Metrics on grids up to this size.")
     validation.add_argument("--eval_num_train", type=int, default=10000)
     validation.add_argument("--eval_num_test", type=int, default=5000)
+    validation.add_argument(
+        "--control_num_sources",
+        type=int,
+        default=32,
+        help="Sources rendered per edit when scoring controllability on data with factors (0: not scored).",
+    )
     hub = parser.add_argument_group("hub")
     hub.add_argument("--push_to_hub", action="store_true")
     hub.add_argument("--hub_model_id", default=None)
@@ -224,6 +262,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--unit_kurtosis_weight must be non-negative, got {args.unit_kurtosis_weight}.")
     if args.unit_kurtosis_weight > 0 and args.train_batch_size < 2:
         parser.error("--unit_kurtosis_weight needs --train_batch_size of at least 2 (the kurtosis is taken over the batch).")
+    if not 0 <= args.token_dropout < 1:
+        parser.error(f"--token_dropout must be in [0, 1), got {args.token_dropout}.")
+    if args.guidance_scale < 1:
+        parser.error(f"--guidance_scale must be at least 1 (1: no guidance), got {args.guidance_scale}.")
+    if args.guidance_scale > 1 and args.token_dropout == 0:
+        parser.error("--guidance_scale above 1 needs --token_dropout above 0: the U-Net must learn the null condition.")
     if args.unit_noise < 0:
         parser.error(f"--unit_noise must be non-negative, got {args.unit_noise}.")
     if args.attention_head_channels < 1 or any(c % args.attention_head_channels for c in args.unet_channels):
@@ -316,6 +360,7 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         norm_num_groups=min(32, args.unet_channels[0]),
         skip_dropout=args.skip_dropout,
         skip_dropout_resolutions=args.skip_dropout_resolutions,
+        coordinate_input=args.coordinate_input,
     )
     anchorer = DyGAAnchorer(
         num_units=args.num_units,
@@ -414,12 +459,13 @@ def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> di
     return {"step": step, "seconds": seconds, "num_components": anchorer.num_components.tolist(), "checksums": checksums}
 
 
-def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset, args) -> dict | None:
-    """The metric suite on the whole factor grid, when the dataset has factors and is small enough."""
+def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset, args, final: bool) -> dict | None:
+    """The metric suite on the whole factor grid and, at the `final` validation with `--control_num_sources`, the
+    controllability of the renders, when the dataset has factors and is small enough."""
     if not factor_names(dataset) or len(dataset) > args.eval_max_rows:
         return None
     codes = encode_dataset(pipeline.encode, dataset)
-    return evaluate_representation(
+    metrics = evaluate_representation(
         codes,
         factors_array(dataset),
         factor_sizes(dataset),
@@ -428,6 +474,36 @@ def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset,
         factor_names=factor_names(dataset),
         random_state=args.seed,
     )
+    if final and args.control_num_sources > 0:
+        classifier, classifier_report = load_or_train_factor_classifier(dataset, cache_dir=args.cache_dir)
+        report = controllability(
+            pipeline,
+            dataset,
+            classifier,
+            codes=codes,
+            num_sources=args.control_num_sources,
+            num_inference_steps=args.validation_inference_steps,
+            seed=args.seed,
+        )
+        metrics["controllability"] = controllability_summary(report)
+        metrics["controllability_details"] = {**report, "factor_classifier": classifier_report}
+    return metrics
+
+
+def controllability_summary(report: dict) -> dict[str, float]:
+    """The scalar figures of a controllability report, for loggers and the metrics table."""
+    summary = {f"reconstruction_accuracy_{name}": value for name, value in report["reconstruction_accuracy"].items()}
+    summary["reconstruction_psnr"] = report["reconstruction_psnr"]
+    summary["mean_swap_accuracy"] = report["mean_swap_accuracy"]
+    summary["mean_traversal_accuracy"] = report["mean_traversal_accuracy"]
+    summary["mean_factor_swap_accuracy"] = report["mean_factor_swap_accuracy"]
+    summary["num_units_holding_a_factor"] = float(report["num_units_holding_a_factor"])
+    return summary
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The metrics without the per-unit controllability details, flattened to `group/name` floats."""
+    return flatten_metrics({group: values for group, values in metrics.items() if group != "controllability_details"})
 
 
 def validation_sources(dataset: datasets.Dataset, args, channels: int) -> torch.Tensor:
@@ -435,44 +511,139 @@ def validation_sources(dataset: datasets.Dataset, args, channels: int) -> torch.
     return prepare_images(dataset.select(sorted(rows.tolist()))["image"], args.resolution, channels)
 
 
-def log_validation(pipeline, dataset, args, accelerator, step: int) -> tuple[PIL.Image.Image, dict | None]:
+def log_validation(pipeline, dataset, args, accelerator, step: int, final: bool = False) -> tuple[PIL.Image.Image, dict | None]:
     generator = torch.Generator().manual_seed(args.seed)
     sources = validation_sources(dataset, args, pipeline.encoder.config.in_channels)
     grid = pipeline.interchange_grid(sources, num_inference_steps=args.validation_inference_steps, generator=generator)
     os.makedirs(os.path.join(args.output_dir, "validation"), exist_ok=True)
     grid.save(os.path.join(args.output_dir, "validation", f"interchange-{step}.png"))
-    metrics = evaluate(pipeline, dataset, args)
+    metrics = evaluate(pipeline, dataset, args, final)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("interchange_grid", np.asarray(grid), step, dataformats="HWC")
     if metrics is not None:
-        accelerator.log({f"metrics/{k}": v for k, v in flatten_metrics(metrics).items()}, step=step)
-        logger.info(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in flatten_metrics(metrics).items()))
+        accelerator.log({f"metrics/{k}": v for k, v in scalar_metrics(metrics).items()}, step=step)
+        logger.info(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in scalar_metrics(metrics).items()))
     return grid, metrics
 
 
-def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes: float, num_processes: int, device: str) -> ModelCard:
+def encoder_metrics_table(metrics: dict | None) -> str:
     if metrics is None:
-        table = "No factor labels for this dataset (or the grid is larger than --eval_max_rows): not measured."
-    else:
-        rows = [f"| {k} | {v:.3f} |" for k, v in flatten_metrics(metrics).items()]
-        table = "| metric | value |\n|---|---|\n" + "\n".join(rows)
+        return "No factor labels for this dataset (or the grid is larger than --eval_max_rows): not measured."
+    rows = [
+        f"| {group}/{name} | {value:.3f} |"
+        for group, values in metrics.items()
+        if not group.startswith("controllability")
+        for name, value in values.items()
+    ]
+    return "| metric | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def controllability_section(metrics: dict | None) -> str:
+    """The card's account of the renders: reconstruction per factor, then swap and traversal per unit."""
+    if metrics is None or "controllability_details" not in metrics:
+        return "Not measured (it needs a dataset with factor labels, and `--control_num_sources` above 0)."
+    details = metrics["controllability_details"]
+    settings = details["settings"]
+    lines = [
+        f"A factor classifier trained on the dataset's own images (held-out accuracy "
+        f"{min(details['factor_classifier'].get('held_out_accuracy', {'-': float('nan')}).values()):.2f} for its "
+        f"weakest factor) reads the renders. {settings['num_sources']} sources, {settings['num_inference_steps']} "
+        f"sampling steps. Reconstruction PSNR {details['reconstruction_psnr']:.1f} dB.",
+        "",
+        "| factor | reconstruction accuracy |",
+        "|---|---|",
+        *(f"| {name} | {value:.2f} |" for name, value in details["reconstruction_accuracy"].items()),
+        "",
+    ]
+    if not details["units"]:
+        lines.append(f"No unit holds a factor (at least {settings['unit_share_threshold']:.0%} of its variance).")
+        return "\n".join(lines)
+    lines += [
+        f"Units that hold a factor (it explains at least {settings['unit_share_threshold']:.0%} of the unit's "
+        "variance). Swap: the unit taken from a donor with another value of the factor; a render counts when the "
+        "donor's value is read and every other factor that some unit holds keeps the source's. Traversal: the unit set to its mean at each "
+        "value of the factor; a render counts when that value is read.",
+        "",
+        "| unit | factor | share | swap accuracy | donor value read | others kept | traversal accuracy |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {u['unit']} | {u['factor']} | {u['share']:.2f} | {u['swap_accuracy']:.2f} | "
+            f"{u['swap_target_accuracy']:.2f} | {u['swap_others_kept']:.2f} | {u['traversal_accuracy']:.2f} |"
+            for u in details["units"]
+        ),
+        "",
+        f"Mean swap accuracy {details['mean_swap_accuracy']:.2f}, mean traversal accuracy "
+        f"{details['mean_traversal_accuracy']:.2f}.",
+        "",
+        "Factor swap: every unit that holds the factor taken from the donor at once.",
+        "",
+        "| factor | units | swap accuracy | donor value read | others kept |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {f['factor']} | {', '.join(map(str, f['units']))} | {f['swap_accuracy']:.2f} | "
+            f"{f['swap_target_accuracy']:.2f} | {f['swap_others_kept']:.2f} |"
+            for f in details["factors"]
+        ),
+        "",
+        f"Mean factor swap accuracy {details['mean_factor_swap_accuracy']:.2f}.",
+    ]
+    return "\n".join(lines)
+
+
+def unit_summary(args) -> str:
+    parts = []
+    if args.unit_noise > 0:
+        parts.append(f"While training, noise of {args.unit_noise} batch standard deviations is added to each unit")
+    if args.unit_whitening:
+        parts.append("the units are whitened (no two carry the same signal)")
+    if args.unit_kurtosis_weight > 0:
+        parts.append(f"their kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
+    if not parts:
+        return "No noise, whitening or kurtosis term on the units."
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes: float, num_processes: int, device: str) -> ModelCard:
     dataset = args.dataset or args.dataset_name
     card_data = ModelCardData(
         library_name="diffusers", license="apache-2.0", tags=["disentanglement", "dyga", "diffusers-dyga"]
     )
     total_batch = args.train_batch_size * num_processes * args.gradient_accumulation_steps
+    if args.dyga:
+        components = (
+            f"at most {args.dyga_max_components} Gaussians per unit"
+            if args.dyga_init_components == args.dyga_max_components
+            else f"{args.dyga_init_components} Gaussians per unit to start with, at most {args.dyga_max_components}"
+        )
+        strength = (
+            "the paper's adaptive pull 0.1 exp(-mean |(c - mu) / c|)"
+            if args.dyga_lambda_mode == "adaptive"
+            else f"a fixed pull of {args.dyga_lambda}"
+        )
+        dyga_summary = f"refitted every {args.dyga_every} steps on {args.dyga_samples} images, {components}, {strength}"
+    else:
+        dyga_summary = "off"
+    if args.token_dropout > 0:
+        guidance_summary = (
+            f"tokens dropped for {args.token_dropout:.0%} of the training images; the pipeline renders at guidance "
+            f"scale {args.guidance_scale} by default (`guidance_scale=` overrides it)"
+        )
+    else:
+        guidance_summary = "off"
     card = ModelCard.from_template(
         card_data,
         template_path=str(MODEL_CARD_TEMPLATE),
         model_name=args.hub_model_id or Path(args.output_dir).name,
         repo_id=args.hub_model_id or args.output_dir,
-        dataset=dataset + (f" (factor sizes {args.factor_sizes})" if args.factor_sizes else ""),
+        dataset=dataset + (f" with factor sizes {', '.join(map(str, args.factor_sizes))}" if args.factor_sizes else ""),
         num_images=num_images,
         resolution=args.resolution,
         model_config=args.model_config,
         num_units=args.num_units,
         unit_dim=args.unit_dim,
+        unit_summary=unit_summary(args),
         max_train_steps=args.max_train_steps,
         total_batch_size=total_batch,
         train_batch_size=args.train_batch_size,
@@ -480,10 +651,6 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate,
         encoder_learning_rate=args.encoder_learning_rate or args.learning_rate,
-        unit_noise=args.unit_noise,
-        unit_whitening="on" if args.unit_whitening else "off",
-        unit_kurtosis_weight=args.unit_kurtosis_weight,
-        timestep_bias_power=args.timestep_bias_power,
         lr_scheduler=args.lr_scheduler,
         num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule,
@@ -491,17 +658,19 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         beta_end=args.beta_end,
         prediction_type=args.prediction_type,
         loss=args.loss,
-        skip_dropout=args.skip_dropout,
-        dyga_summary=(
-            f"refit every {args.dyga_every} steps on {args.dyga_samples} images, {args.dyga_init_components} to at most "
-            f"{args.dyga_max_components} components per unit, {args.dyga_lambda_mode} lambda {args.dyga_lambda}"
-            if args.dyga
-            else "off"
+        timestep_summary=(
+            "training timesteps drawn uniformly"
+            if args.timestep_bias_power == 1
+            else f"training timesteps drawn with density proportional to t^{args.timestep_bias_power - 1:g}"
         ),
+        skip_dropout=args.skip_dropout,
+        dyga_summary=dyga_summary,
+        guidance_summary=guidance_summary,
         ema_summary=f"decay {args.ema_decay}" if args.use_ema else "off",
         wall_minutes=f"{wall_minutes:.1f}",
         device=device,
-        metrics_table=table,
+        metrics_table=encoder_metrics_table(metrics),
+        controllability_section=controllability_section(metrics),
     )
     return populate_model_card(card, tags=["disentangled-representation-learning"])
 
@@ -676,6 +845,9 @@ def main(args: argparse.Namespace) -> str:
                 tokens = encoder_output.tokens
                 if args.dyga and anchorer.is_fitted:
                     tokens = anchorer.align(tokens)
+                if args.token_dropout > 0:
+                    kept = torch.rand(tokens.shape[0], 1, 1, device=tokens.device) >= args.token_dropout
+                    tokens = tokens * kept.to(tokens.dtype)
                 prediction = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
                 if args.prediction_type == "epsilon":
                     target = noise
@@ -727,7 +899,7 @@ def main(args: argparse.Namespace) -> str:
 
             if accelerator.is_main_process and global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
                 with ema_weights(args, ema_unet, ema_encoder, unet, encoder):
-                    pipeline = make_pipeline(accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
+                    pipeline = make_pipeline(args, accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
                     log_validation(pipeline, dataset, args, accelerator, global_step)
             if global_step >= args.max_train_steps:
                 break
@@ -744,8 +916,8 @@ def main(args: argparse.Namespace) -> str:
         dyga_fits.append(fit_anchorer(args, accelerator, encoder, anchorer, dataset, global_step))
     if accelerator.is_main_process:
         wall_minutes = (time.perf_counter() - start_time) / 60
-        pipeline = make_pipeline(accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
-        grid, metrics = log_validation(pipeline, dataset, args, accelerator, global_step)
+        pipeline = make_pipeline(args, accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
+        grid, metrics = log_validation(pipeline, dataset, args, accelerator, global_step, final=True)
         pipeline.save_pretrained(args.output_dir)
         grid.save(os.path.join(args.output_dir, "interchange_grid.png"))
         report = {
@@ -788,13 +960,14 @@ def ema_weights(args, ema_unet, ema_encoder, unet, encoder) -> Iterator[None]:
             ema.restore(model.parameters())
 
 
-def make_pipeline(accelerator, encoder, unet, anchorer, vae, noise_scheduler) -> DisentangledDiffusionPipeline:
+def make_pipeline(args, accelerator, encoder, unet, anchorer, vae, noise_scheduler) -> DisentangledDiffusionPipeline:
     pipeline = DisentangledDiffusionPipeline(
         encoder=accelerator.unwrap_model(encoder),
         unet=accelerator.unwrap_model(unet),
         scheduler=DDIMScheduler.from_config(noise_scheduler.config),
         anchorer=anchorer,
         vae=vae,
+        guidance_scale=args.guidance_scale,
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
