@@ -54,6 +54,11 @@ def eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
             module.train(training)
 
 
+def check_guidance_scale(guidance_scale: float) -> None:
+    if guidance_scale < 1:
+        raise ValueError(f"guidance_scale must be at least 1 (1: no guidance), got {guidance_scale}.")
+
+
 class DisentangledDiffusionPipeline(DiffusionPipeline):
     """
     Diffusion decoder conditioned on the disentangled units of a [`DisentangledEncoder`].
@@ -87,8 +92,7 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
     ):
         super().__init__()
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be at least 1 (1: no guidance), got {guidance_scale}.")
+        check_guidance_scale(guidance_scale)
         if unet.config.cross_attention_dim != encoder.config.unit_dim:
             raise ValueError(
                 f"The U-Net's cross_attention_dim ({unet.config.cross_attention_dim}) must equal the encoder's "
@@ -231,8 +235,7 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         Returns a [`DisentangledDiffusionPipelineOutput`] (images, units, tokens), or a tuple of them.
         """
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be at least 1 (1: no guidance), got {guidance_scale}.")
+        check_guidance_scale(guidance_scale)
         with torch.no_grad(), eval_mode(self.encoder, self.unet, self.vae):
             return self._render(
                 images, units, num_images, num_inference_steps, generator, eta, guidance_scale, output_type, return_dict

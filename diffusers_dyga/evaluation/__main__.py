@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         "metrics": metrics,
         "controllability": control,
     }
+    print(json.dumps({"metrics": metrics, "controllability": control}, indent=2))
     with open(args.output, "w") as file:
         json.dump(report, file, indent=2)
-    print(json.dumps({"metrics": metrics, "controllability": control}, indent=2))
     print("wrote", args.output)
 
 
