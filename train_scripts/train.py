@@ -38,13 +38,7 @@ from tqdm.auto import tqdm
 
 from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
 from diffusers_dyga.data import factor_names, factor_sizes, factors_array, images_to_tensor, load_builtin, load_image_dataset
-from diffusers_dyga.evaluation import (
-    controllability,
-    encode_dataset,
-    evaluate_representation,
-    flatten_metrics,
-    load_or_train_factor_classifier,
-)
+from diffusers_dyga.evaluation import encode_dataset, evaluate_controllability, evaluate_representation, flatten_metrics
 from diffusers_dyga.training_utils import unit_kurtosis
 
 logger = get_logger(__name__)
@@ -475,18 +469,17 @@ def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset,
         random_state=args.seed,
     )
     if final and args.control_num_sources > 0:
-        classifier, classifier_report = load_or_train_factor_classifier(dataset, cache_dir=args.cache_dir)
-        report = controllability(
+        report = evaluate_controllability(
             pipeline,
             dataset,
-            classifier,
             codes=codes,
+            cache_dir=args.cache_dir,
             num_sources=args.control_num_sources,
             num_inference_steps=args.validation_inference_steps,
             seed=args.seed,
         )
         metrics["controllability"] = controllability_summary(report)
-        metrics["controllability_details"] = {**report, "factor_classifier": classifier_report}
+        metrics["controllability_details"] = report
     return metrics
 
 
@@ -530,12 +523,8 @@ def log_validation(pipeline, dataset, args, accelerator, step: int, final: bool 
 def encoder_metrics_table(metrics: dict | None) -> str:
     if metrics is None:
         return "No factor labels for this dataset (or the grid is larger than --eval_max_rows): not measured."
-    rows = [
-        f"| {group}/{name} | {value:.3f} |"
-        for group, values in metrics.items()
-        if not group.startswith("controllability")
-        for name, value in values.items()
-    ]
+    encoder_metrics = {group: values for group, values in metrics.items() if not group.startswith("controllability")}
+    rows = [f"| {name} | {value:.3f} |" for name, value in flatten_metrics(encoder_metrics).items()]
     return "| metric | value |\n|---|---|\n" + "\n".join(rows)
 
 

@@ -94,18 +94,29 @@ def cached(name: str, parameters: dict, build: Callable[[], datasets.Dataset], c
     if os.path.isdir(path):
         return datasets.load_from_disk(path)
     dataset = build()
-    os.makedirs(cache_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}-")
-    try:
+
+    def write(staging: str) -> None:
         dataset.save_to_disk(staging)
         with open(os.path.join(staging, "generation.json"), "w") as file:
             file.write(key)
+
+    write_aside(path, write)
+    return datasets.load_from_disk(path)
+
+
+def write_aside(path: str, write: Callable[[str], None]) -> None:
+    """Calls `write(folder)` on a temporary folder beside `path`, then moves the folder to `path`, so an interrupted
+    write leaves nothing there. A folder that another process moved to `path` meanwhile is kept."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}-")
+    try:
+        write(staging)
         os.replace(staging, path)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if not os.path.isdir(path):
             raise
-    return datasets.load_from_disk(path)
 
 
 def procedural_dataset(

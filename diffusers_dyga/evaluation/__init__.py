@@ -4,7 +4,7 @@ Every metric takes `codes` `(n, num_codes)` and `factors` `(n, num_factors)` for
 and returns a dict of named floats.
 """
 
-from .controllability import controllability, unit_factor_shares
+from .controllability import controllability, evaluate_controllability, unit_factor_shares
 from .dci import completeness, dci, disentanglement
 from .downstream import downstream_accuracy
 from .factor_classifier import FactorClassifier, load_or_train_factor_classifier, train_factor_classifier
@@ -23,6 +23,7 @@ __all__ = [
     "disentanglement",
     "downstream_accuracy",
     "encode_dataset",
+    "evaluate_controllability",
     "evaluate_representation",
     "factor_vae_score",
     "flatten_metrics",

@@ -15,8 +15,7 @@ import time
 import torch
 
 from ..data import factor_names, factor_sizes, factors_array, load_3dshapes_h5, load_builtin, load_dsprites_npz, load_mpi3d_npz
-from .controllability import controllability
-from .factor_classifier import load_or_train_factor_classifier
+from .controllability import evaluate_controllability
 from .suite import encode_dataset, evaluate_representation
 
 FILE_LOADERS = {"3dshapes": load_3dshapes_h5, "dsprites_npz": load_dsprites_npz, "mpi3d": load_mpi3d_npz}
@@ -78,17 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     control = None
     if args.control_num_sources > 0:
         start = time.perf_counter()
-        classifier, classifier_report = load_or_train_factor_classifier(dataset, cache_dir=args.cache_dir)
-        control = controllability(
+        control = evaluate_controllability(
             pipe,
             dataset,
-            classifier.to(args.device),
             codes=codes,
+            cache_dir=args.cache_dir,
             num_sources=args.control_num_sources,
             num_inference_steps=args.control_inference_steps,
             seed=args.seed,
         )
-        control["factor_classifier"] = classifier_report
         control["seconds"] = time.perf_counter() - start
     report = {
         "pipeline": args.pipeline,

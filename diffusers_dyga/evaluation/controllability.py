@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.grid import factor_names, factor_sizes, factors_array
-from .factor_classifier import FactorClassifier, factor_accuracy
+from .factor_classifier import FactorClassifier, factor_accuracy, load_or_train_factor_classifier
 from .suite import dataset_images, encode_dataset
 
 
@@ -113,8 +113,12 @@ def controllability(
     }
 
     shares = unit_factor_shares(codes, factors, sizes)
-
-    held = sorted({int(s.argmax()) for s in shares if s.max() >= unit_share_threshold and sizes[int(s.argmax())] > 1})
+    holders = {
+        unit: int(shares[unit].argmax())
+        for unit in range(codes.shape[1])
+        if shares[unit].max() >= unit_share_threshold and sizes[int(shares[unit].argmax())] > 1
+    }
+    held = sorted(set(holders.values()))
 
     def swap(unit_indices: list[int], factor: int) -> dict[str, float]:
         donors = np.array([random_state.choice(np.flatnonzero(factors[:, factor] != factors[row, factor])) for row in sources])
@@ -133,13 +137,10 @@ def controllability(
         }
 
     unit_reports = []
-    for unit in range(codes.shape[1]):
-        factor = int(shares[unit].argmax())
-        if shares[unit, factor] < unit_share_threshold or sizes[factor] < 2:
-            continue
+    walked = sources[: min(num_traversal_sources, len(sources))]
+    for unit, factor in holders.items():
         values = [v for v in range(sizes[factor]) if (factors[:, factor] == v).any()]
         value_means = torch.tensor([codes[factors[:, factor] == v, unit].mean() for v in values], dtype=torch.float32)
-        walked = sources[: min(num_traversal_sources, len(sources))]
         swept = units[walked].repeat_interleave(len(values), dim=0)
         swept[:, unit] = value_means.repeat(len(walked))
         walk_readings = classifier.predict(render(swept))[:, factor]
@@ -153,23 +154,35 @@ def controllability(
             }
         )
     factor_reports = []
-    for factor, name in enumerate(names):
-        holders = [u["unit"] for u in unit_reports if u["factor"] == name]
-        if holders:
-            factor_reports.append({"factor": name, "units": holders, **swap(holders, factor)})
+    for factor in held:
+        factor_units = [unit for unit, held_factor in holders.items() if held_factor == factor]
+        factor_reports.append({"factor": names[factor], "units": factor_units, **swap(factor_units, factor)})
+
+    def mean_of(reports: list[dict], key: str) -> float:
+        return float(np.mean([entry[key] for entry in reports])) if reports else 0.0
+
     report["units"] = unit_reports
     report["num_units_holding_a_factor"] = len(unit_reports)
-    report["mean_swap_accuracy"] = float(np.mean([u["swap_accuracy"] for u in unit_reports])) if unit_reports else 0.0
-    report["mean_traversal_accuracy"] = float(np.mean([u["traversal_accuracy"] for u in unit_reports])) if unit_reports else 0.0
+    report["mean_swap_accuracy"] = mean_of(unit_reports, "swap_accuracy")
+    report["mean_traversal_accuracy"] = mean_of(unit_reports, "traversal_accuracy")
     report["factors"] = factor_reports
-    report["mean_factor_swap_accuracy"] = (
-        float(np.mean([f["swap_accuracy"] for f in factor_reports])) if factor_reports else 0.0
-    )
+    report["mean_factor_swap_accuracy"] = mean_of(factor_reports, "swap_accuracy")
     report["settings"] = {
         "num_sources": len(sources),
-        "num_traversal_sources": int(min(num_traversal_sources, len(sources))),
+        "num_traversal_sources": len(walked),
         "num_inference_steps": num_inference_steps,
         "unit_share_threshold": unit_share_threshold,
         "seed": seed,
     }
     return report
+
+
+def evaluate_controllability(
+    pipeline, dataset, codes: np.ndarray | None = None, cache_dir: str | None = None, **options
+) -> dict:
+    """[`controllability`] with the dataset's cached [`FactorClassifier`] (trained on first use), its report
+    (held-out accuracy on clean and degraded images) included as `"factor_classifier"`. `options` go to
+    [`controllability`]."""
+    classifier, classifier_report = load_or_train_factor_classifier(dataset, cache_dir=cache_dir)
+    report = controllability(pipeline, dataset, classifier.to(pipeline.device), codes=codes, **options)
+    return {**report, "factor_classifier": classifier_report}

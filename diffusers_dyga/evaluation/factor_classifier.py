@@ -8,8 +8,6 @@ later calls load it.
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import datasets
 import numpy as np
@@ -19,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..data.grid import default_cache_dir, factor_names, factor_sizes, factors_array
+from ..data.grid import default_cache_dir, factor_names, factor_sizes, factors_array, write_aside
 from .suite import dataset_images
 
 CLASSIFIER_VERSION = 1
@@ -197,16 +195,11 @@ def load_or_train_factor_classifier(
     classifier, report = train_factor_classifier(
         dataset_images(dataset), factors_array(dataset), factor_sizes(dataset), names, seed=seed, **training
     )
-    os.makedirs(cache_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=cache_dir, prefix=".classifier-")
-    try:
-        classifier.save_pretrained(staging)
-        with open(os.path.join(staging, "report.json"), "w") as file:
+
+    def write(folder: str) -> None:
+        classifier.save_pretrained(folder)
+        with open(os.path.join(folder, "report.json"), "w") as file:
             json.dump(report, file, indent=2)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_aside(path, write)
     return classifier, report
