@@ -31,6 +31,10 @@ class MixtureState:
 
         return MixtureState(*(pick(a, b) for a, b in zip(self.astuple(), other.astuple())))
 
+    @property
+    def diagonal(self) -> bool:
+        return self.covariances.ndim == 3
+
     def astuple(self) -> tuple[torch.Tensor, ...]:
         return (self.means, self.covariances, self.weights, self.active)
 
@@ -65,7 +69,16 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         unit_dim (`int`): dimension of each unit's token.
         max_components (`int`): upper bound on components per unit (buffer size).
         init_components (`int`): components each unit starts from.
-        covariance_type (`str`): `"diag"` or `"full"`.
+        covariance_type (`str`): `"diag"` or `"full"`: the covariances of the components in token space.
+        fit_space (`str`, defaults to `"tokens"`): where the number of components is searched. `"tokens"`: a mixture
+            over the unit's standardised `unit_dim` features. `"principal"`: a mixture over the projection of those
+            features on their first principal direction (1-d), whose components then give the token-space means and
+            covariances by their responsibilities. A unit's tokens are a smooth function of one scalar, so they lie on
+            a curve; in `unit_dim` dimensions BIC covers a curve with ever more Gaussians, on the line it counts the
+            clusters along it.
+        selection_criterion (`str`, defaults to `"bic"`): what a number of components must lower: `"bic"` (fit of the
+            density) or `"icl"` (BIC plus twice the entropy of the assignments, which also asks the components to be
+            apart: a skewed cluster stays one component instead of two overlapping ones).
         lambda_mode (`str`): `"adaptive"` (the paper's `lambda_value * exp(-mean |(c - mu) / c|)`, computed per token
             so results do not depend on batch composition) or `"fixed"` (`lambda_value`).
         lambda_value (`float`): the fixed lambda, or the scale of the adaptive one (paper: 0.1).
@@ -88,6 +101,8 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         max_components: int = 10,
         init_components: int = 4,
         covariance_type: str = "diag",
+        fit_space: str = "tokens",
+        selection_criterion: str = "bic",
         lambda_mode: str = "adaptive",
         lambda_value: float = 0.1,
         min_weight: float = 0.01,
@@ -101,6 +116,10 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         super().__init__()
         if covariance_type not in ("diag", "full"):
             raise ValueError(f"covariance_type must be 'diag' or 'full', got {covariance_type!r}.")
+        if fit_space not in ("tokens", "principal"):
+            raise ValueError(f"fit_space must be 'tokens' or 'principal', got {fit_space!r}.")
+        if selection_criterion not in ("bic", "icl"):
+            raise ValueError(f"selection_criterion must be 'bic' or 'icl', got {selection_criterion!r}.")
         if lambda_mode not in ("adaptive", "fixed"):
             raise ValueError(f"lambda_mode must be 'adaptive' or 'fixed', got {lambda_mode!r}.")
         if not 1 <= init_components <= max_components:
@@ -113,6 +132,10 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         self.register_buffer("weights", torch.zeros(num_units, max_components))
         self.register_buffer("active", torch.zeros(num_units, max_components, dtype=torch.bool))
         self.register_buffer("fitted", torch.tensor(False))
+        if fit_space == "principal":
+            self.register_buffer("principal_axis", torch.zeros(num_units, unit_dim))
+            self.register_buffer("principal_means", torch.zeros(num_units, max_components))
+            self.register_buffer("principal_variances", torch.ones(num_units, max_components))
 
     @property
     def is_fitted(self) -> bool:
@@ -150,33 +173,20 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         std = features.std(dim=0)
         scale = torch.where(std > 1e-8 * (1.0 + mean.abs()), std, torch.ones_like(std))
         normalised = ((features - mean) / scale).transpose(0, 1).contiguous()
+        diagonal = self.config.covariance_type == "diag"
 
-        generator = torch.Generator(device=features.device).manual_seed(self.config.seed)
-        search = normalised
-        if normalised.shape[1] > self.config.max_fit_samples:
-            subset = torch.randperm(normalised.shape[1], generator=generator, device=features.device)
-            search = normalised[:, subset[: self.config.max_fit_samples]].contiguous()
-
-        state = self._initial_state(search, generator)
-        max_rounds = 2 * self.config.max_components
-        settled = torch.zeros(self.config.num_units, dtype=torch.bool, device=features.device)
-        for _ in range(max_rounds):
-            state, pruned = self._prune(state)
-            settled &= ~pruned
-            state, log_likelihood = self._em(search, state, self.config.max_iterations)
-            current_bic = self._bic(log_likelihood, state, search.shape[1])
-            proposals = MixtureState.cat([self._split(state), self._merge(state)])
-            proposals, proposal_ll = self._em(search.repeat(2, 1, 1), proposals, self.config.proposal_iterations)
-            split, merge = proposals.chunk(2)
-            split_bic, merge_bic = self._bic(proposal_ll, proposals, search.shape[1]).chunk(2)
-            take_split = (split_bic < current_bic) & (split_bic <= merge_bic) & ~settled
-            take_merge = (merge_bic < current_bic) & (merge_bic < split_bic) & ~settled
-            settled |= ~(take_split | take_merge)
-            state = state.select(take_split, split).select(take_merge, merge)
-            if settled.all():
-                break
-        state, _ = self._prune(state)
-        state, _ = self._em(normalised, state, self.config.max_iterations)
+        if self.config.fit_space == "tokens":
+            state = self._search(normalised, diagonal)
+        else:
+            axis = self._principal_axis(normalised)
+            projected = torch.bmm(normalised, axis[..., None])
+            line = self._sweep(projected)
+            responsibilities = torch.softmax(self._log_prob(projected, line), dim=2)
+            state = self._m_step(normalised, normalised.square(), responsibilities, line.active, diagonal)
+            state.weights = line.weights
+            self.principal_axis.copy_(axis.to(self.principal_axis.dtype))
+            self.principal_means.copy_(line.means[..., 0].to(self.principal_means.dtype))
+            self.principal_variances.copy_(line.covariances[..., 0].to(self.principal_variances.dtype))
 
         dtype = self.means.dtype
         self.feature_mean.copy_(mean.to(dtype))
@@ -188,7 +198,81 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         self.fitted.fill_(True)
         return self
 
-    def _initial_state(self, points: torch.Tensor, generator: torch.Generator) -> MixtureState:
+    @staticmethod
+    def _principal_axis(normalised: torch.Tensor) -> torch.Tensor:
+        """Each unit's first principal direction `(num_units, dim)` of its centred features `(num_units, num_samples,
+        dim)`, scaled so that the projection has unit variance and signed so that its largest entry is positive."""
+        covariance = torch.bmm(normalised.transpose(1, 2), normalised) / (normalised.shape[1] - 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        direction = eigenvectors[..., -1]
+        largest = direction.gather(1, direction.abs().argmax(1, keepdim=True))
+        direction = direction * torch.where(largest < 0, -1.0, 1.0)
+        return direction / eigenvalues[:, -1:].clamp_min(1e-12).sqrt()
+
+    def _subset(self, points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """At most `max_fit_samples` of the `(num_units, num_samples, dim)` points, a seeded subset."""
+        if points.shape[1] <= self.config.max_fit_samples:
+            return points
+        subset = torch.randperm(points.shape[1], generator=generator, device=points.device)
+        return points[:, subset[: self.config.max_fit_samples]].contiguous()
+
+    def _sweep(self, points: torch.Tensor) -> MixtureState:
+        """On the line, `(num_units, num_samples, 1)` points: fits every number of components from 1 to
+        `max_components` (means started at evenly spaced quantiles, EM, prune) and keeps, per unit, the one with the
+        lowest BIC; returns the mixtures refitted on all points."""
+        generator = torch.Generator(device=points.device).manual_seed(self.config.seed)
+        search = self._subset(points, generator)
+        num_units, num_samples, _ = search.shape
+        max_k = self.config.max_components
+        counts = torch.arange(1, max_k + 1, device=points.device)
+        slots = torch.arange(max_k, device=points.device)
+        active = (slots[None, :] < counts[:, None]).repeat_interleave(num_units, dim=0)
+        quantiles = ((slots[None, :] + 0.5) / counts[:, None]).clamp(max=1.0)
+        ranks = (quantiles * (num_samples - 1)).round().long()
+        ordered = search[..., 0].sort(dim=1).values
+        means = ordered[:, ranks].permute(1, 0, 2).reshape(-1, max_k, 1)
+        spacing = search.var(dim=1)[None] / counts[:, None, None].square()
+        covariances = (spacing + self.config.variance_floor).repeat_interleave(max_k, dim=1).reshape(-1, max_k, 1)
+        weights = active.float() / active.sum(1, keepdim=True)
+        state = MixtureState(means, covariances, weights, active)
+        repeated = search.repeat(max_k, 1, 1)
+        state, _ = self._em(repeated, state, self.config.max_iterations)
+        state, _ = self._prune(state)
+        state, log_prob = self._em(repeated, state, self.config.max_iterations)
+        best = self._criterion(log_prob, state).view(max_k, num_units).argmin(0)
+        take = best * num_units + torch.arange(num_units, device=points.device)
+        state = MixtureState(*(t[take] for t in state.astuple()))
+        state, _ = self._em(points, state, self.config.max_iterations)
+        return state
+
+    def _search(self, points: torch.Tensor, diagonal: bool) -> MixtureState:
+        """The structure search on `(num_units, num_samples, dim)` points: EM, prune, then per unit a split or merge
+        whenever it lowers BIC; returns the mixtures refitted on all points."""
+        generator = torch.Generator(device=points.device).manual_seed(self.config.seed)
+        search = self._subset(points, generator)
+        state = self._initial_state(search, generator, diagonal)
+        max_rounds = 2 * self.config.max_components
+        settled = torch.zeros(self.config.num_units, dtype=torch.bool, device=points.device)
+        for _ in range(max_rounds):
+            state, pruned = self._prune(state)
+            settled &= ~pruned
+            state, log_prob = self._em(search, state, self.config.max_iterations)
+            current_score = self._criterion(log_prob, state)
+            proposals = MixtureState.cat([self._split(state), self._merge(state)])
+            proposals, proposal_log_prob = self._em(search.repeat(2, 1, 1), proposals, self.config.proposal_iterations)
+            split, merge = proposals.chunk(2)
+            split_score, merge_score = self._criterion(proposal_log_prob, proposals).chunk(2)
+            take_split = (split_score < current_score) & (split_score <= merge_score) & ~settled
+            take_merge = (merge_score < current_score) & (merge_score < split_score) & ~settled
+            settled |= ~(take_split | take_merge)
+            state = state.select(take_split, split).select(take_merge, merge)
+            if settled.all():
+                break
+        state, _ = self._prune(state)
+        state, _ = self._em(points, state, self.config.max_iterations)
+        return state
+
+    def _initial_state(self, points: torch.Tensor, generator: torch.Generator, diagonal: bool) -> MixtureState:
         """k-means++ seeding of `init_components` means per unit; points `(num_units, num_samples, dim)`."""
         num_units, num_samples, dim = points.shape
         centers = [points[torch.arange(num_units), torch.randint(num_samples, (num_units,), generator=generator)]]
@@ -203,7 +287,7 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         means = points.new_zeros(num_units, max_k, dim)
         means[:, : len(centers)] = torch.stack(centers, dim=1)
         variance = points.var(dim=1) + self.config.variance_floor
-        if self.config.covariance_type == "diag":
+        if diagonal:
             covariances = variance[:, None, :].expand(num_units, max_k, dim).clone()
         else:
             covariances = torch.diag_embed(variance)[:, None].expand(num_units, max_k, dim, dim).clone()
@@ -215,7 +299,7 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
     def _log_prob(self, points: torch.Tensor, state: MixtureState, squares: torch.Tensor | None = None) -> torch.Tensor:
         """Log of weight times density, `(num_mixtures, num_samples, K)`, for points `(num_mixtures, num_samples,
         dim)`; inactive components are -inf. `squares` is `points.square()` when the caller has it."""
-        if self.config.covariance_type == "diag":
+        if state.diagonal:
             precision = state.covariances.reciprocal()
             squares = points.square() if squares is None else squares
             quadratic = (
@@ -243,8 +327,8 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         return log_density + log_weights[:, None, :]
 
     def _em(self, points: torch.Tensor, state: MixtureState, iterations: int) -> tuple[MixtureState, torch.Tensor]:
-        """Runs EM on each mixture's points `(num_mixtures, num_samples, dim)`; returns the state and the
-        log-likelihood `(num_mixtures,)` of the returned state."""
+        """Runs EM on each mixture's points `(num_mixtures, num_samples, dim)`; returns the state and its
+        `_log_prob` of the points, `(num_mixtures, num_samples, K)`."""
         num_samples = points.shape[1]
         squares = points.square()
         previous = None
@@ -252,20 +336,20 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
             log_prob = self._log_prob(points, state, squares)
             log_likelihood = torch.logsumexp(log_prob, dim=2).sum(1)
             if previous is not None and ((log_likelihood - previous).abs() / num_samples).max() < self.config.tolerance:
-                return state, log_likelihood
+                return state, log_prob
             previous = log_likelihood
-            state = self._m_step(points, squares, torch.softmax(log_prob, dim=2), state.active)
-        return state, torch.logsumexp(self._log_prob(points, state, squares), dim=2).sum(1)
+            state = self._m_step(points, squares, torch.softmax(log_prob, dim=2), state.active, state.diagonal)
+        return state, self._log_prob(points, state, squares)
 
     def _m_step(
-        self, points: torch.Tensor, squares: torch.Tensor, resp: torch.Tensor, active: torch.Tensor
+        self, points: torch.Tensor, squares: torch.Tensor, resp: torch.Tensor, active: torch.Tensor, diagonal: bool
     ) -> MixtureState:
         """Points and squares `(num_mixtures, num_samples, dim)`, responsibilities `(num_mixtures, num_samples, K)`."""
         mass = resp.sum(1) + 1e-10
         resp_t = resp.transpose(1, 2)
         means = torch.bmm(resp_t, points) / mass[..., None]
         floor = self.config.variance_floor
-        if self.config.covariance_type == "diag":
+        if diagonal:
             second = torch.bmm(resp_t, squares) / mass[..., None]
             covariances = (second - means.square()).clamp_min(0.0) + floor
         else:
@@ -279,11 +363,18 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         weights = torch.where(active, mass / points.shape[1], torch.zeros_like(mass))
         return MixtureState(means, covariances, weights, active)
 
-    def _bic(self, log_likelihood: torch.Tensor, state: MixtureState, num_samples: int) -> torch.Tensor:
-        dim = self.config.unit_dim
-        per_component = dim + (dim if self.config.covariance_type == "diag" else dim * (dim + 1) // 2) + 1
+    def _criterion(self, log_prob: torch.Tensor, state: MixtureState) -> torch.Tensor:
+        """BIC, or ICL (BIC plus twice the entropy of the assignments), of each mixture, `(num_mixtures,)`, from its
+        `_log_prob` `(num_mixtures, num_samples, K)`. Lower is better."""
+        num_samples, dim = log_prob.shape[1], state.means.shape[-1]
+        per_component = dim + (dim if state.diagonal else dim * (dim + 1) // 2) + 1
         num_params = state.active.sum(1) * per_component - 1
-        return -2 * log_likelihood + num_params * math.log(num_samples)
+        log_likelihood = torch.logsumexp(log_prob, dim=2)
+        score = -2 * log_likelihood.sum(1) + num_params * math.log(num_samples)
+        if self.config.selection_criterion == "icl":
+            log_resp = torch.where(state.active[:, None, :], log_prob - log_likelihood[..., None], 0.0)
+            score = score - 2 * (log_resp.exp() * log_resp).sum((1, 2))
+        return score
 
     def _prune(self, state: MixtureState) -> tuple[MixtureState, torch.Tensor]:
         """Deactivates components lighter than `min_weight` (never a unit's heaviest); returns which units changed."""
@@ -296,7 +387,7 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
 
     def _spread(self, state: MixtureState) -> torch.Tensor:
         """Total variance of each component, `(num_mixtures, K)`."""
-        if self.config.covariance_type == "diag":
+        if state.diagonal:
             return state.covariances.sum(-1)
         return torch.diagonal(state.covariances, dim1=-2, dim2=-1).sum(-1)
 
@@ -307,7 +398,7 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         has_room = (~state.active).any(1)
         target = torch.where(state.active, self._spread(state), -torch.inf).argmax(1)
         free = (~state.active).float().argmax(1)
-        if self.config.covariance_type == "diag":
+        if state.diagonal:
             variances = state.covariances[units, target]
             axis = torch.nn.functional.one_hot(variances.argmax(1), variances.shape[1]).to(variances.dtype)
             offset = axis * variances.amax(1, keepdim=True).sqrt()
@@ -344,7 +435,7 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
         total = (w_a + w_b).clamp_min(1e-30)
         mu_a, mu_b = state.means[units, keep], state.means[units, drop]
         merged_mean = (w_a[:, None] * mu_a + w_b[:, None] * mu_b) / total[:, None]
-        if self.config.covariance_type == "diag":
+        if state.diagonal:
             second = w_a[:, None] * (state.covariances[units, keep] + mu_a.square())
             second = second + w_b[:, None] * (state.covariances[units, drop] + mu_b.square())
             merged_cov = second / total[:, None] - merged_mean.square()
@@ -373,7 +464,12 @@ class DyGAAnchorer(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def assign(self, tokens: torch.Tensor) -> torch.Tensor:
         """`(batch, num_units, unit_dim)` tokens -> `(batch, num_units)` id of each token's most likely component."""
-        return self._log_prob(self._normalise(tokens).transpose(0, 1), self._state()).argmax(dim=2).T
+        points = self._normalise(tokens).transpose(0, 1)
+        if self.config.fit_space == "tokens":
+            return self._log_prob(points, self._state()).argmax(dim=2).T
+        projected = torch.bmm(points, self.principal_axis[..., None])
+        line = MixtureState(self.principal_means[..., None], self.principal_variances[..., None], self.weights, self.active)
+        return self._log_prob(projected, line).argmax(dim=2).T
 
     @torch.no_grad()
     def anchors(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from diffusers_dyga import DyGAAnchorer
+from diffusers_dyga import DisentangledEncoder, DyGAAnchorer
 
 
 def planted_mixtures(num_samples=3000, num_units=4, dim=8, num_clusters=5, seed=0):
@@ -12,6 +12,44 @@ def planted_mixtures(num_samples=3000, num_units=4, dim=8, num_clusters=5, seed=
     labels = torch.randint(num_clusters, (num_samples, num_units), generator=generator)
     points = centers[torch.arange(num_units), labels] + 0.5 * torch.randn(num_samples, num_units, dim, generator=generator)
     return points * 3.0 + 10.0, labels, centers * 3.0 + 10.0
+
+
+def clustered_unit_tokens(cluster_counts=(1, 2, 3, 4, 5, 6), num_samples=2000, spread=0.1, seed=0):
+    """Tokens made as the encoder makes them, by each unit's MLP, from scalar units drawn around evenly spaced
+    values: unit i has `cluster_counts[i]` values. Returns tokens `(num_samples, num_units, 32)` and the labels."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    encoder = DisentangledEncoder(num_units=len(cluster_counts), unit_dim=32)
+    labels = torch.stack([torch.randint(count, (num_samples,), generator=generator) for count in cluster_counts], 1)
+    values = [torch.linspace(-2, 2, count) if count > 1 else torch.zeros(1) for count in cluster_counts]
+    units = torch.stack([values[unit][labels[:, unit]] for unit in range(len(cluster_counts))], 1)
+    units = units + spread * torch.randn(num_samples, len(cluster_counts), generator=generator)
+    with torch.no_grad():
+        return encoder.embed(units), labels
+
+
+def test_principal_fit_counts_the_values_of_each_unit():
+    counts = (1, 2, 3, 4, 5, 6)
+    tokens, labels = clustered_unit_tokens(counts)
+    config = {"num_units": 6, "unit_dim": 32, "max_components": 10, "fit_space": "principal"}
+    anchorer = DyGAAnchorer(**config, selection_criterion="icl").fit(tokens)
+    assert anchorer.num_components.tolist() == list(counts)
+    assigned = anchorer.assign(tokens)
+    for unit in range(1, 6):
+        assert adjusted_rand_score(labels[:, unit], assigned[:, unit]) >= 0.99
+    anchors = anchorer.anchors(tokens)
+    for unit in range(6):
+        for value in range(counts[unit]):
+            members = tokens[labels[:, unit] == value, unit]
+            torch.testing.assert_close(anchors[labels[:, unit] == value, unit], members.mean(0).expand_as(members), atol=0.05, rtol=0)
+
+
+def test_token_space_fit_splits_a_token_curve_the_principal_fit_does_not():
+    tokens, _ = clustered_unit_tokens((1, 2, 3), spread=0.15)
+    curve = DyGAAnchorer(num_units=3, unit_dim=32, max_components=10).fit(tokens)
+    line = DyGAAnchorer(num_units=3, unit_dim=32, max_components=10, fit_space="principal", selection_criterion="icl")
+    assert (curve.num_components > torch.tensor([1, 2, 3])).all()
+    assert line.fit(tokens).num_components.tolist() == [1, 2, 3]
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "full"])
@@ -42,10 +80,12 @@ def test_never_exceeds_max_components():
     assert anchorer.weights.shape == (4, 3)
 
 
-def test_fit_is_deterministic_under_seed():
+@pytest.mark.parametrize("fit_space", ["tokens", "principal"])
+def test_fit_is_deterministic_under_seed(fit_space):
     points, _, _ = planted_mixtures(num_samples=1000)
-    first = DyGAAnchorer(num_units=4, unit_dim=8, seed=3, max_fit_samples=500).fit(points)
-    second = DyGAAnchorer(num_units=4, unit_dim=8, seed=3, max_fit_samples=500).fit(points)
+    config = {"num_units": 4, "unit_dim": 8, "seed": 3, "max_fit_samples": 500, "fit_space": fit_space}
+    first = DyGAAnchorer(**config).fit(points)
+    second = DyGAAnchorer(**config).fit(points)
     for name, buffer in first.named_buffers():
         assert torch.equal(buffer, dict(second.named_buffers())[name]), name
 
@@ -139,19 +179,24 @@ def test_bad_config_raises():
         DyGAAnchorer(lambda_mode="cosine")
     with pytest.raises(ValueError, match="init_components"):
         DyGAAnchorer(init_components=12, max_components=10)
+    with pytest.raises(ValueError, match="fit_space"):
+        DyGAAnchorer(fit_space="units")
+    with pytest.raises(ValueError, match="selection_criterion"):
+        DyGAAnchorer(selection_criterion="aic")
 
 
-@pytest.mark.parametrize("covariance_type", ["diag", "full"])
-def test_save_load_round_trip_keeps_state_and_shapes(tmp_path, covariance_type):
+@pytest.mark.parametrize("covariance_type,fit_space", [("diag", "tokens"), ("full", "tokens"), ("diag", "principal")])
+def test_save_load_round_trip_keeps_state_and_shapes(tmp_path, covariance_type, fit_space):
     points, _, _ = planted_mixtures(num_samples=1000)
-    anchorer = DyGAAnchorer(num_units=4, unit_dim=8, covariance_type=covariance_type).fit(points)
+    config = {"num_units": 4, "unit_dim": 8, "covariance_type": covariance_type, "fit_space": fit_space}
+    anchorer = DyGAAnchorer(**config).fit(points)
     anchorer.save_pretrained(tmp_path)
     loaded = DyGAAnchorer.from_pretrained(tmp_path)
     assert loaded.is_fitted
     for name, buffer in anchorer.named_buffers():
         assert torch.equal(buffer, dict(loaded.named_buffers())[name]), name
     assert torch.equal(loaded.align(points[:20]), anchorer.align(points[:20]))
-    DyGAAnchorer(num_units=4, unit_dim=8, covariance_type=covariance_type).save_pretrained(tmp_path / "empty")
+    DyGAAnchorer(**config).save_pretrained(tmp_path / "empty")
     assert not DyGAAnchorer.from_pretrained(tmp_path / "empty").is_fitted
 
 
