@@ -81,13 +81,14 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     pipe = DisentangledDiffusionPipeline.from_pretrained(output)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.anchorer.is_fitted and pipe.unet.config.skip_dropout == 0.2 and pipe.config.guidance_scale == 2.0
+    assert pipe.anchorer.config.fit_space == "principal" and pipe.anchorer.config.selection_criterion == "icl"
     images = pipe(num_images=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
     assert len(images) == 2 and images[0].size == (16, 16)
     card = (output / "README.md").read_text()
     assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
     assert "the units are whitened" in card and "their kurtosis is added to the loss with weight 0.03" in card
-    assert "training timesteps drawn uniformly" in card and "at most 3 Gaussians per unit" in card
+    assert "training timesteps drawn uniformly" in card and "number of Gaussians (at most 10) chosen by ICL" in card
     assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
     assert "## Controllability of the renders" in card and "| factor | reconstruction accuracy |" in card
 
@@ -223,6 +224,25 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
     assert not list((tmp_path / "never").glob("checkpoint-*"))
     result = subprocess.run([sys.executable, str(SCRIPT), *no_image], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "train.py: error:" in result.stderr and "no image column" in result.stderr
+
+
+def test_an_unlabelled_image_folder_trains_with_the_defaults(tmp_path, cache_dir):
+    shapes = train.load_builtin("shapes", resolution=16, factor_sizes=(2, 2, 2, 1, 2, 1), cache_dir=cache_dir)
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    for index, row in enumerate(shapes):
+        row["image"].save(folder / f"{index:03d}.png")
+    args = tiny_args(tmp_path / "folder-run", cache_dir)
+    args[0:2] = ["--dataset_name", str(folder)]
+    factor_flag = args.index("--factor_sizes")
+    del args[factor_flag : factor_flag + 7]
+    train.main(train.parse_args(args))
+    report = json.loads((tmp_path / "folder-run" / "training_report.json").read_text())
+    assert report["steps"] == 6 and report["metrics"] is None
+    assert all(1 <= count <= 10 for count in report["dyga_fits"][-1]["num_components"])
+    assert (tmp_path / "folder-run" / "interchange_grid.png").is_file()
+    card = (tmp_path / "folder-run" / "README.md").read_text()
+    assert str(folder) in card
 
 
 def test_latent_training_with_a_local_vae(tmp_path, cache_dir):

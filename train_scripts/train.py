@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
 from diffusers_dyga.data import factor_names, factor_sizes, factors_array, images_to_tensor, load_builtin, load_image_dataset
 from diffusers_dyga.evaluation import encode_dataset, evaluate_controllability, evaluate_representation, flatten_metrics
+from diffusers_dyga.pipeline import eval_mode
 from diffusers_dyga.training_utils import unit_kurtosis
 
 logger = get_logger(__name__)
@@ -78,8 +79,10 @@ PRESETS = {
         "ema_decay": 0.999,
         "dyga_every": 100,
         "dyga_samples": 2000,
-        "dyga_init_components": 3,
-        "dyga_max_components": 3,
+        "dyga_fit_space": "principal",
+        "dyga_selection_criterion": "icl",
+        "dyga_init_components": 1,
+        "dyga_max_components": 10,
     },
     "paper": {
         "resolution": 64,
@@ -113,6 +116,8 @@ PRESETS = {
         "ema_decay": 0.9999,
         "dyga_every": 2000,
         "dyga_samples": 10000,
+        "dyga_fit_space": "tokens",
+        "dyga_selection_criterion": "bic",
         "dyga_init_components": 4,
         "dyga_max_components": 10,
     },
@@ -173,7 +178,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dyga", action=argparse.BooleanOptionalAction, default=True, help="Use DyGA (--no-dyga: off).")
     model.add_argument("--dyga_every", type=int, default=None, help="Refit the anchorer every this many steps.")
     model.add_argument("--dyga_samples", type=int, default=None, help="Images whose tokens each refit uses.")
-    model.add_argument("--dyga_init_components", type=int, default=None)
+    model.add_argument(
+        "--dyga_fit_space",
+        choices=["tokens", "principal"],
+        default=None,
+        help="Where DyGA counts each unit's components: its tokens, or their first principal direction (a line).",
+    )
+    model.add_argument(
+        "--dyga_selection_criterion",
+        choices=["bic", "icl"],
+        default=None,
+        help="What a number of DyGA components must lower: BIC, or ICL (BIC plus the assignments' entropy).",
+    )
+    model.add_argument("--dyga_init_components", type=int, default=None, help="Used by the token-space search only.")
     model.add_argument("--dyga_max_components", type=int, default=None)
     model.add_argument("--dyga_lambda_mode", choices=["adaptive", "fixed"], default="adaptive")
     model.add_argument("--dyga_lambda", type=float, default=0.1)
@@ -361,6 +378,8 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         unit_dim=args.unit_dim,
         max_components=args.dyga_max_components,
         init_components=args.dyga_init_components,
+        fit_space=args.dyga_fit_space,
+        selection_criterion=args.dyga_selection_criterion,
         lambda_mode=args.dyga_lambda_mode,
         lambda_value=args.dyga_lambda,
         seed=args.seed,
@@ -429,17 +448,20 @@ def anchorer_checksum(anchorer: DyGAAnchorer) -> str:
 
 @torch.no_grad()
 def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> dict:
-    """Encodes `dyga_samples` rows (split across processes), gathers the tokens on every process, fits the
-    anchorer, then broadcasts rank 0's state so every rank holds exactly the same anchors."""
-    per_process = max(1, args.dyga_samples // accelerator.num_processes)
-    rows = np.random.RandomState(args.seed + step).choice(len(dataset), per_process * accelerator.num_processes)
+    """Encodes `dyga_samples` distinct rows (all of a smaller dataset; split across processes) with the encoder in eval
+    mode, as the pipeline encodes, gathers the tokens on every process, fits the anchorer, then broadcasts rank 0's
+    state so every rank holds exactly the same anchors."""
+    per_process = max(1, min(args.dyga_samples, len(dataset)) // accelerator.num_processes)
+    rows = np.random.RandomState(args.seed + step).choice(
+        len(dataset), per_process * accelerator.num_processes, replace=False
+    )
     mine = rows[accelerator.process_index :: accelerator.num_processes]
     tokens = []
-    for start in range(0, len(mine), 256):
-        batch = dataset.select(mine[start : start + 256].tolist())["image"]
-        images = prepare_images(batch, args.resolution, encoder.config.in_channels)
-        units = encoder.encode(images.to(accelerator.device, dtype=encoder.dtype))
-        tokens.append(encoder.embed(units).float())
+    with eval_mode(encoder):
+        for start in range(0, len(mine), 256):
+            batch = dataset.select(mine[start : start + 256].tolist())["image"]
+            images = prepare_images(batch, args.resolution, encoder.config.in_channels)
+            tokens.append(encoder(images.to(accelerator.device, dtype=encoder.dtype)).tokens.float())
     all_tokens = accelerator.gather(torch.cat(tokens))
     start = time.perf_counter()
     anchorer.fit(all_tokens.cpu())
@@ -601,11 +623,17 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
     )
     total_batch = args.train_batch_size * num_processes * args.gradient_accumulation_steps
     if args.dyga:
-        components = (
-            f"at most {args.dyga_max_components} Gaussians per unit"
-            if args.dyga_init_components == args.dyga_max_components
-            else f"{args.dyga_init_components} Gaussians per unit to start with, at most {args.dyga_max_components}"
-        )
+        criterion = {"bic": "BIC", "icl": "ICL (BIC plus the entropy of the assignments)"}[args.dyga_selection_criterion]
+        if args.dyga_fit_space == "principal":
+            components = (
+                f"each unit's number of Gaussians (at most {args.dyga_max_components}) chosen by {criterion} on the "
+                "first principal direction of its tokens"
+            )
+        else:
+            components = (
+                f"{args.dyga_init_components} Gaussians per unit to start with, split and merged by {criterion} up to "
+                f"at most {args.dyga_max_components}, over the unit's tokens"
+            )
         strength = (
             "the paper's adaptive pull 0.1 exp(-mean |(c - mu) / c|)"
             if args.dyga_lambda_mode == "adaptive"
