@@ -26,8 +26,11 @@ def test_cli_evaluates_a_saved_pipeline_and_writes_json(tmp_path, capsys):
     )  # fmt: skip
     report = json.loads(output.read_text())
     assert report["num_rows"] == 48 and report["factor_sizes"] == [2, 2, 3, 1, 2, 2]
-    assert set(report["metrics"]) == {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
+    groups = {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
+    assert set(report["metrics"]) == groups | {f"token_pca/{group}" for group in groups}
+    assert report["representations"] == ["units", "token_pca"]
     assert 0.0 <= report["metrics"]["dci"]["disentanglement"] <= 1.0
+    assert 0.0 <= report["metrics"]["token_pca/dci"]["disentanglement"] <= 1.0
     control = report["controllability"]
     assert control["settings"]["num_sources"] == 4 and control["settings"]["num_inference_steps"] == 2
     assert set(control["reconstruction_accuracy"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}

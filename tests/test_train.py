@@ -70,8 +70,12 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     report = json.loads((output / "training_report.json").read_text())
     assert report["steps"] == 6 and [fit["step"] for fit in report["dyga_fits"]] == [3, 6, 6]
     assert report["images_per_second"] > 0 and (report["peak_gpu_memory_gib"] is None) == (not torch.cuda.is_available())
-    assert set(report["metrics"]) == {
-        "factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream", "controllability", "controllability_details"
+    groups = {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
+    assert set(report["metrics"]) == groups | {f"token_pca/{group}" for group in groups} | {
+        "controllability", "controllability_details"
+    }  # fmt: skip
+    assert report["metric_sizes"] == {
+        "validation": {"num_train": 16, "num_test": 16}, "final": {"num_train": 64, "num_test": 32}
     }  # fmt: skip
     control = report["metrics"]["controllability_details"]
     assert set(control["reconstruction_accuracy"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
@@ -91,6 +95,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert "training timesteps drawn uniformly" in card and "number of Gaussians (at most 10) chosen by ICL" in card
     assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
     assert "## Controllability of the renders" in card and "| factor | reconstruction accuracy |" in card
+    assert "Each metric draws 64 training and 32 test rows" in card and "| token_pca/dci/disentanglement |" in card
 
 
 def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir):

@@ -38,7 +38,12 @@ from tqdm.auto import tqdm
 
 from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
 from diffusers_dyga.data import factor_names, factor_sizes, factors_array, images_to_tensor, load_builtin, load_image_dataset
-from diffusers_dyga.evaluation import encode_dataset, evaluate_controllability, evaluate_representation, flatten_metrics
+from diffusers_dyga.evaluation import (
+    encode_representation,
+    evaluate_controllability,
+    evaluate_representation,
+    flatten_metrics,
+)
 from diffusers_dyga.pipeline import eval_mode
 from diffusers_dyga.training_utils import unit_kurtosis
 
@@ -236,8 +241,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     validation.add_argument("--num_validation_images", type=int, default=4)
     validation.add_argument("--validation_inference_steps", type=int, default=50)
     validation.add_argument("--eval_max_rows", type=int, default=100000, help="Metrics on grids up to this size.")
-    validation.add_argument("--eval_num_train", type=int, default=10000)
-    validation.add_argument("--eval_num_test", type=int, default=5000)
+    validation.add_argument(
+        "--eval_num_train",
+        type=int,
+        default=10000,
+        help="Training rows / votes each metric draws at the final validation (capped at the grid's size at the others).",
+    )
+    validation.add_argument("--eval_num_test", type=int, default=5000, help="Test rows / evaluation votes, likewise.")
     validation.add_argument(
         "--control_num_sources",
         type=int,
@@ -277,6 +287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--token_dropout must be in [0, 1), got {args.token_dropout}.")
     if args.guidance_scale < 1:
         parser.error(f"--guidance_scale must be at least 1 (1: no guidance), got {args.guidance_scale}.")
+    if args.eval_num_train < 1 or args.eval_num_test < 1:
+        parser.error(f"--eval_num_train and --eval_num_test must be positive, got {args.eval_num_train} and {args.eval_num_test}.")
     if args.guidance_scale > 1 and args.token_dropout == 0:
         parser.error("--guidance_scale above 1 needs --token_dropout above 0: the U-Net must learn the null condition.")
     if args.unit_noise < 0:
@@ -480,16 +492,17 @@ def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset,
     controllability of the renders, when the dataset has factors and is small enough."""
     if not factor_names(dataset) or len(dataset) > args.eval_max_rows:
         return None
-    codes = encode_dataset(pipeline.encode, dataset)
+    sizes = metric_sizes(args, len(dataset), final)
+    codes = encode_representation(pipeline, dataset, "units")
     metrics = evaluate_representation(
-        codes,
-        factors_array(dataset),
-        factor_sizes(dataset),
-        num_train=min(args.eval_num_train, len(dataset)),
-        num_test=min(args.eval_num_test, len(dataset)),
-        factor_names=factor_names(dataset),
-        random_state=args.seed,
+        codes, factors_array(dataset), factor_sizes(dataset), **sizes, factor_names=factor_names(dataset), random_state=args.seed
     )
+    if final:
+        token_codes = encode_representation(pipeline, dataset, "token_pca")
+        token_metrics = evaluate_representation(
+            token_codes, factors_array(dataset), factor_sizes(dataset), **sizes, factor_names=factor_names(dataset), random_state=args.seed
+        )
+        metrics.update({f"token_pca/{group}": values for group, values in token_metrics.items()})
     if final and args.control_num_sources > 0:
         report = evaluate_controllability(
             pipeline,
@@ -503,6 +516,14 @@ def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset,
         metrics["controllability"] = controllability_summary(report)
         metrics["controllability_details"] = report
     return metrics
+
+
+def metric_sizes(args, num_rows: int, final: bool) -> dict[str, int]:
+    """Rows each metric draws (with replacement): `--eval_num_train` / `--eval_num_test` (disentanglement_lib's
+    10,000 / 5,000 by default) at the final validation; capped at the grid's size at the others, which are quicker."""
+    if final:
+        return {"num_train": args.eval_num_train, "num_test": args.eval_num_test}
+    return {"num_train": min(args.eval_num_train, num_rows), "num_test": min(args.eval_num_test, num_rows)}
 
 
 def controllability_summary(report: dict) -> dict[str, float]:
@@ -542,12 +563,17 @@ def log_validation(pipeline, dataset, args, accelerator, step: int, final: bool 
     return grid, metrics
 
 
-def encoder_metrics_table(metrics: dict | None) -> str:
+def encoder_metrics_table(metrics: dict | None, sizes: dict[str, int]) -> str:
     if metrics is None:
         return "No factor labels for this dataset (or the grid is larger than --eval_max_rows): not measured."
     encoder_metrics = {group: values for group, values in metrics.items() if not group.startswith("controllability")}
     rows = [f"| {name} | {value:.3f} |" for name, value in flatten_metrics(encoder_metrics).items()]
-    return "| metric | value |\n|---|---|\n" + "\n".join(rows)
+    intro = (
+        f"Each metric draws {sizes['num_train']:,} training and {sizes['num_test']:,} test rows of the factor grid, with "
+        "replacement. Plain names score the scalar units; `token_pca/` names score the first principal component of "
+        "each unit's anchored token, as the official evaluation does."
+    )
+    return intro + "\n\n| metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
 def controllability_section(metrics: dict | None) -> str:
@@ -686,7 +712,7 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         ema_summary=f"decay {args.ema_decay}" if args.use_ema else "off",
         wall_minutes=f"{wall_minutes:.1f}",
         device=device,
-        metrics_table=encoder_metrics_table(metrics),
+        metrics_table=encoder_metrics_table(metrics, metric_sizes(args, num_images, final=True)),
         controllability_section=controllability_section(metrics),
     )
     return populate_model_card(card, tags=["disentangled-representation-learning"])
@@ -943,6 +969,10 @@ def main(args: argparse.Namespace) -> str:
             "images_per_second": (global_step - initial_step) * total_batch_size / (wall_minutes * 60),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if on_gpu else None,
             "metrics": metrics,
+            "metric_sizes": {
+                "validation": metric_sizes(args, len(dataset), final=False),
+                "final": metric_sizes(args, len(dataset), final=True),
+            },
             "dyga_fits": dyga_fits,
         }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:

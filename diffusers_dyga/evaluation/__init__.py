@@ -11,10 +11,12 @@ from .factor_classifier import FactorClassifier, load_or_train_factor_classifier
 from .factor_vae import factor_vae_score
 from .mig import mig
 from .modularity_explicitness import modularity, modularity_explicitness
+from .representations import REPRESENTATIONS, encode_representation, token_pca
 from .sap import sap
 from .suite import dataset_images, encode_dataset, evaluate_representation, flatten_metrics
 
 __all__ = [
+    "REPRESENTATIONS",
     "FactorClassifier",
     "completeness",
     "controllability",
@@ -23,6 +25,7 @@ __all__ = [
     "disentanglement",
     "downstream_accuracy",
     "encode_dataset",
+    "encode_representation",
     "evaluate_controllability",
     "evaluate_representation",
     "factor_vae_score",
@@ -32,6 +35,7 @@ __all__ = [
     "modularity",
     "modularity_explicitness",
     "sap",
+    "token_pca",
     "train_factor_classifier",
     "unit_factor_shares",
 ]

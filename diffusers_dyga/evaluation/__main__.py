@@ -3,8 +3,10 @@
     python -m diffusers_dyga.evaluation --pipeline PATH_OR_REPO --dataset builtin:shapes --resolution 32 \
         --factor_sizes 4 4 4 3 4 3 --output metrics.json
 
-Scores the units with the metric suite and, unless `--control_num_sources 0`, the renders with the controllability
-measure (a factor classifier trained on the dataset's images, cached in `--cache_dir`).
+Scores each of `--representations` with the metric suite (`units`: the scalar units; `token_pca`: the official
+protocol's PCA(1) of each unit's anchored token, reported under `token_pca/<metric>`) and, unless
+`--control_num_sources 0`, the renders with the controllability measure (a factor classifier trained on the
+dataset's images, cached in `--cache_dir`).
 """
 
 import argparse
@@ -16,7 +18,8 @@ import torch
 
 from ..data import factor_names, factor_sizes, factors_array, load_3dshapes_h5, load_builtin, load_dsprites_npz, load_mpi3d_npz
 from .controllability import evaluate_controllability
-from .suite import encode_dataset, evaluate_representation
+from .representations import REPRESENTATIONS, encode_representation
+from .suite import evaluate_representation
 
 FILE_LOADERS = {"3dshapes": load_3dshapes_h5, "dsprites_npz": load_dsprites_npz, "mpi3d": load_mpi3d_npz}
 
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_train", type=int, default=10000)
     parser.add_argument("--num_test", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--representations", nargs="+", choices=REPRESENTATIONS, default=list(REPRESENTATIONS), help="What the metrics score."
+    )
     parser.add_argument("--control_num_sources", type=int, default=32, help="Sources rendered per edit (0: renders not scored).")
     parser.add_argument("--control_inference_steps", type=int, default=25)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -60,20 +66,26 @@ def main(argv: list[str] | None = None) -> None:
 
     dataset = load_ground_truth(args.dataset, args.resolution, args.factor_sizes, args.cache_dir)
     pipe = DisentangledDiffusionPipeline.from_pretrained(args.pipeline).to(args.device)
-    start = time.perf_counter()
-    codes = encode_dataset(pipe.encode, dataset, batch_size=args.batch_size)
-    encode_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    metrics = evaluate_representation(
-        codes,
-        factors_array(dataset),
-        factor_sizes(dataset),
-        num_train=args.num_train,
-        num_test=args.num_test,
-        factor_names=factor_names(dataset),
-        random_state=args.seed,
-    )
-    metric_seconds = time.perf_counter() - start
+    metrics, encode_seconds, metric_seconds, codes = {}, 0.0, 0.0, None
+    for representation in args.representations:
+        start = time.perf_counter()
+        representation_codes = encode_representation(pipe, dataset, representation, batch_size=args.batch_size)
+        encode_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        scores = evaluate_representation(
+            representation_codes,
+            factors_array(dataset),
+            factor_sizes(dataset),
+            num_train=args.num_train,
+            num_test=args.num_test,
+            factor_names=factor_names(dataset),
+            random_state=args.seed,
+        )
+        metric_seconds += time.perf_counter() - start
+        prefix = "" if representation == "units" else f"{representation}/"
+        metrics.update({f"{prefix}{group}": values for group, values in scores.items()})
+        if representation == "units":
+            codes = representation_codes
     control = None
     if args.control_num_sources > 0:
         start = time.perf_counter()
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         "pipeline": args.pipeline,
         "dataset": args.dataset,
         "num_rows": len(dataset),
+        "representations": args.representations,
         "factor_names": factor_names(dataset),
         "factor_sizes": factor_sizes(dataset),
         "encode_seconds": encode_seconds,
