@@ -21,8 +21,11 @@ class SkipDropoutUNet(UNet2DConditionModel):
     Args:
         skip_dropout (`float`, defaults to 0.2): drop rate `p` of the skip channels, in `[0, 1)`.
         skip_dropout_resolutions (`tuple[int]`, *optional*): spatial sizes (in pixels of the U-Net input, e.g.
-            `(32, 16, 8)` for a 32x32 input) of the skips to drop. Defaults to every resolution but the lowest, as in
-            the official implementation. Requires `sample_size` when given.
+            `(32, 16, 8)` for a 32x32 input) of the skips to drop. Defaults to every resolution but the lowest. The
+            official implementation drops the skips whose width is not in its attention list `[1, 2, 4]`: in its
+            four-level U-Net on 16x16 latents, the 16x16 and 8x8 skips, keeping 4x4 and 2x2: the top two levels,
+            which `(16, 8)` selects there (`(64, 32)` for a four-level U-Net on 64x64 pixels). Requires `sample_size`
+            when given.
         coordinate_input (`bool`, defaults to `False`): append two channels holding each pixel's x and y coordinate
             (in [-1, 1]) to the input of `conv_in` (CoordConv). A convolutional U-Net fed pure noise otherwise knows a
             pixel's position only through the zero padding, so it can colour the image from the tokens but hardly
