@@ -26,19 +26,8 @@ from common import RESULTS_DIR, print_table, write_json
 from diffusers_dyga import DisentangledDiffusionPipeline, DyGAAnchorer
 from diffusers_dyga.data import factor_names, factors_array, load_builtin
 from diffusers_dyga.evaluation import encode_dataset, unit_factor_shares
-from diffusers_dyga.evaluation.suite import dataset_images
 
 VARIANTS = [("tokens", "bic"), ("tokens", "icl"), ("principal", "bic"), ("principal", "icl")]
-
-
-@torch.no_grad()
-def encode_tokens(pipeline: DisentangledDiffusionPipeline, dataset, rows: np.ndarray) -> torch.Tensor:
-    """`(len(rows), num_units, unit_dim)` tokens of the encoder in eval mode, before any anchoring."""
-    tokens = []
-    for start in range(0, len(rows), 256):
-        images = dataset_images(dataset, rows[start : start + 256].tolist())
-        tokens.append(pipeline.encoder(images.to(pipeline.encoder.device, pipeline.encoder.dtype)).tokens.float())
-    return torch.cat(tokens).cpu()
 
 
 def separable_levels(unit: np.ndarray, factor: np.ndarray, size: int, gap: float) -> int:
@@ -83,8 +72,10 @@ def main() -> None:
     )
 
     rows = np.random.RandomState(options.seed).choice(len(dataset), min(options.num_samples, len(dataset)), replace=False)
-    tokens = encode_tokens(pipeline, dataset, np.sort(rows))
-    num_units, unit_dim = tokens.shape[1:]
+    num_units, unit_dim = pipeline.encoder.config.num_units, pipeline.encoder.config.unit_dim
+    with torch.no_grad():
+        flat = encode_dataset(lambda images: pipeline.encoder(images).tokens.flatten(1), dataset.select(np.sort(rows)))
+    tokens = torch.from_numpy(flat).view(-1, num_units, unit_dim)
     found = {}
     for fit_space, criterion in VARIANTS:
         anchorer = DyGAAnchorer(
