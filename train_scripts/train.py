@@ -37,13 +37,8 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from tqdm.auto import tqdm
 
 from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
-from diffusers_dyga.data import factor_names, factor_sizes, factors_array, images_to_tensor, load_builtin, load_image_dataset
-from diffusers_dyga.evaluation import (
-    encode_representation,
-    evaluate_controllability,
-    evaluate_representation,
-    flatten_metrics,
-)
+from diffusers_dyga.data import factor_names, factor_sizes, images_to_tensor, load_builtin, load_image_dataset
+from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
 from diffusers_dyga.training_utils import unit_kurtosis
 
@@ -492,17 +487,9 @@ def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset,
     controllability of the renders, when the dataset has factors and is small enough."""
     if not factor_names(dataset) or len(dataset) > args.eval_max_rows:
         return None
+    representations = REPRESENTATIONS if final else ("units",)
     sizes = metric_sizes(args, len(dataset), final)
-    codes = encode_representation(pipeline, dataset, "units")
-    metrics = evaluate_representation(
-        codes, factors_array(dataset), factor_sizes(dataset), **sizes, factor_names=factor_names(dataset), random_state=args.seed
-    )
-    if final:
-        token_codes = encode_representation(pipeline, dataset, "token_pca")
-        token_metrics = evaluate_representation(
-            token_codes, factors_array(dataset), factor_sizes(dataset), **sizes, factor_names=factor_names(dataset), random_state=args.seed
-        )
-        metrics.update({f"token_pca/{group}": values for group, values in token_metrics.items()})
+    metrics, codes = evaluate_pipeline(pipeline, dataset, representations, **sizes, random_state=args.seed)
     if final and args.control_num_sources > 0:
         report = evaluate_controllability(
             pipeline,

@@ -11,7 +11,7 @@ from .factor_classifier import FactorClassifier, load_or_train_factor_classifier
 from .factor_vae import factor_vae_score
 from .mig import mig
 from .modularity_explicitness import modularity, modularity_explicitness
-from .representations import REPRESENTATIONS, encode_representation, token_pca
+from .representations import REPRESENTATIONS, encode_representation, evaluate_pipeline, token_pca
 from .sap import sap
 from .suite import dataset_images, encode_dataset, evaluate_representation, flatten_metrics
 
@@ -27,6 +27,7 @@ __all__ = [
     "encode_dataset",
     "encode_representation",
     "evaluate_controllability",
+    "evaluate_pipeline",
     "evaluate_representation",
     "factor_vae_score",
     "flatten_metrics",

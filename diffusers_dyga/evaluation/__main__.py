@@ -16,10 +16,9 @@ import time
 
 import torch
 
-from ..data import factor_names, factor_sizes, factors_array, load_3dshapes_h5, load_builtin, load_dsprites_npz, load_mpi3d_npz
+from ..data import factor_names, factor_sizes, load_3dshapes_h5, load_builtin, load_dsprites_npz, load_mpi3d_npz
 from .controllability import evaluate_controllability
-from .representations import REPRESENTATIONS, encode_representation
-from .suite import evaluate_representation
+from .representations import REPRESENTATIONS, evaluate_pipeline
 
 FILE_LOADERS = {"3dshapes": load_3dshapes_h5, "dsprites_npz": load_dsprites_npz, "mpi3d": load_mpi3d_npz}
 
@@ -66,26 +65,17 @@ def main(argv: list[str] | None = None) -> None:
 
     dataset = load_ground_truth(args.dataset, args.resolution, args.factor_sizes, args.cache_dir)
     pipe = DisentangledDiffusionPipeline.from_pretrained(args.pipeline).to(args.device)
-    metrics, encode_seconds, metric_seconds, codes = {}, 0.0, 0.0, None
-    for representation in args.representations:
-        start = time.perf_counter()
-        representation_codes = encode_representation(pipe, dataset, representation, batch_size=args.batch_size)
-        encode_seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        scores = evaluate_representation(
-            representation_codes,
-            factors_array(dataset),
-            factor_sizes(dataset),
-            num_train=args.num_train,
-            num_test=args.num_test,
-            factor_names=factor_names(dataset),
-            random_state=args.seed,
-        )
-        metric_seconds += time.perf_counter() - start
-        prefix = "" if representation == "units" else f"{representation}/"
-        metrics.update({f"{prefix}{group}": values for group, values in scores.items()})
-        if representation == "units":
-            codes = representation_codes
+    start = time.perf_counter()
+    metrics, codes = evaluate_pipeline(
+        pipe,
+        dataset,
+        args.representations,
+        batch_size=args.batch_size,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        random_state=args.seed,
+    )
+    metric_seconds = time.perf_counter() - start
     control = None
     if args.control_num_sources > 0:
         start = time.perf_counter()
@@ -106,7 +96,6 @@ def main(argv: list[str] | None = None) -> None:
         "representations": args.representations,
         "factor_names": factor_names(dataset),
         "factor_sizes": factor_sizes(dataset),
-        "encode_seconds": encode_seconds,
         "metric_seconds": metric_seconds,
         "metrics": metrics,
         "controllability": control,

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from .suite import encode_dataset
+from ..data.grid import factor_names, factor_sizes, factors_array
+from .suite import encode_dataset, evaluate_representation
 
 REPRESENTATIONS = ("units", "token_pca")
 
@@ -30,3 +31,22 @@ def encode_representation(pipeline, dataset: datasets.Dataset, representation: s
         flat = encode_dataset(lambda images: pipeline.condition(pipeline.encode(images)).flatten(1), dataset, batch_size)
     config = pipeline.encoder.config
     return token_pca(flat.reshape(len(flat), config.num_units, config.unit_dim))
+
+
+def evaluate_pipeline(
+    pipeline, dataset: datasets.Dataset, representations=REPRESENTATIONS, batch_size: int = 256, **metric_options
+) -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
+    """The metric suite (`evaluate_representation` with `metric_options`) on each of `representations` of a factor
+    grid: groups named as the suite names them for `"units"`, prefixed `token_pca/` for `"token_pca"`. Returns the
+    metrics and the units' codes `(len(dataset), num_units)` (`None` when `"units"` is not among them)."""
+    metrics, unit_codes = {}, None
+    for representation in representations:
+        codes = encode_representation(pipeline, dataset, representation, batch_size)
+        scores = evaluate_representation(
+            codes, factors_array(dataset), factor_sizes(dataset), factor_names=factor_names(dataset), **metric_options
+        )
+        prefix = "" if representation == "units" else f"{representation}/"
+        metrics.update({f"{prefix}{group}": values for group, values in scores.items()})
+        if representation == "units":
+            unit_codes = codes
+    return metrics, unit_codes
