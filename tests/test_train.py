@@ -198,6 +198,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--guidance_scale", "0.5", "--guidance_scale must be at least 1"),
         ("--guidance_scale", "3", "--guidance_scale above 1 needs --token_dropout above 0"),
         ("--num_units", "4", "--unit_whitening needs --train_batch_size (4) larger than --num_units (4)"),
+        ("--detail_loss_weight", "1.5", "--detail_loss_weight must be in [0, 1]"),
     ]:
         with pytest.raises(SystemExit):
             train.parse_args(tiny_args(tmp_path, cache_dir, flag, value))

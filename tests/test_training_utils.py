@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffusers_dyga.training_utils import unit_kurtosis
+from diffusers_dyga.training_utils import detail_weights, unit_kurtosis
 
 
 def rotation(angle: torch.Tensor) -> torch.Tensor:
@@ -46,3 +46,23 @@ def test_unit_kurtosis_rejects_single_rows_and_wrong_shapes():
         unit_kurtosis(torch.randn(1, 4))
     with pytest.raises(ValueError, match=r"got \(2, 3, 4\)"):
         unit_kurtosis(torch.randn(2, 3, 4))
+
+
+def test_detail_weights_favour_edges_and_average_one_per_image():
+    images = -torch.ones(2, 3, 16, 16)
+    images[0, :, 4:8, 4:8] = 1
+    weights = detail_weights(images, 0.5)
+    assert weights.shape == (2, 1, 16, 16)
+    torch.testing.assert_close(weights.mean(dim=(1, 2, 3)), torch.ones(2))
+    assert weights[0, 0, 4, 4] > 2 and weights[0, 0, 6, 6] == 0.5 and weights[0, 0, 12, 12] == 0.5
+    assert torch.equal(weights[1], torch.ones(1, 16, 16))
+    assert torch.equal(detail_weights(images, 0.0), torch.ones(2, 1, 16, 16))
+    latent = detail_weights(images, 0.5, size=(4, 4))
+    assert latent.shape == (2, 1, 4, 4) and torch.allclose(latent.mean(dim=(1, 2, 3)), torch.ones(2))
+
+
+def test_detail_weights_reject_bad_shapes_and_strengths():
+    with pytest.raises(ValueError, match=r"\(batch, channels, H, W\)"):
+        detail_weights(torch.zeros(3, 16, 16), 0.5)
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        detail_weights(torch.zeros(1, 3, 16, 16), 1.5)

@@ -40,7 +40,7 @@ from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, D
 from diffusers_dyga.data import factor_names, factor_sizes, images_to_tensor, load_builtin, load_image_dataset
 from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
-from diffusers_dyga.training_utils import unit_kurtosis
+from diffusers_dyga.training_utils import detail_weights, unit_kurtosis
 
 logger = get_logger(__name__)
 
@@ -72,6 +72,7 @@ PRESETS = {
         "prediction_type": "sample",
         "timestep_bias_power": 1.0,
         "loss": "l2",
+        "detail_loss_weight": 0.0,
         "skip_dropout": 0.2,
         "token_dropout": 0.0,
         "guidance_scale": 1.0,
@@ -109,6 +110,7 @@ PRESETS = {
         "prediction_type": "epsilon",
         "timestep_bias_power": 1.0,
         "loss": "l1",
+        "detail_loss_weight": 0.0,
         "skip_dropout": 0.2,
         "token_dropout": 0.0,
         "guidance_scale": 1.0,
@@ -206,6 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--prediction_type", default=None, choices=["epsilon", "v_prediction", "sample"])
     model.add_argument("--loss", default=None, choices=["l1", "l2"])
+    model.add_argument(
+        "--detail_loss_weight",
+        type=float,
+        default=None,
+        help="Share of the loss's per-pixel weight that follows the image's edges (0: a plain mean; at most 1).",
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/dyga")
     train.add_argument("--seed", type=int, default=0)
@@ -286,6 +294,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--eval_num_train and --eval_num_test must be positive, got {args.eval_num_train} and {args.eval_num_test}.")
     if args.guidance_scale > 1 and args.token_dropout == 0:
         parser.error("--guidance_scale above 1 needs --token_dropout above 0: the U-Net must learn the null condition.")
+    if not 0 <= args.detail_loss_weight <= 1:
+        parser.error(f"--detail_loss_weight must be in [0, 1], got {args.detail_loss_weight}.")
     if args.unit_noise < 0:
         parser.error(f"--unit_noise must be non-negative, got {args.unit_noise}.")
     if args.attention_head_channels < 1 or any(c % args.attention_head_channels for c in args.unet_channels):
@@ -687,7 +697,11 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         beta_start=args.beta_start,
         beta_end=args.beta_end,
         prediction_type=args.prediction_type,
-        loss=args.loss,
+        loss=args.loss + (
+            f" weighted toward the image's edges ({args.detail_loss_weight:.0%} of each pixel's weight)"
+            if args.detail_loss_weight > 0
+            else ""
+        ),
         timestep_summary=(
             "training timesteps drawn uniformly"
             if args.timestep_bias_power == 1
@@ -886,7 +900,10 @@ def main(args: argparse.Namespace) -> str:
                 else:
                     target = latents
                 loss_fn = F.l1_loss if args.loss == "l1" else F.mse_loss
-                denoising_loss = loss_fn(prediction.float(), target.float())
+                pixel_losses = loss_fn(prediction.float(), target.float(), reduction="none")
+                if args.detail_loss_weight > 0:
+                    pixel_losses = pixel_losses * detail_weights(pixels, args.detail_loss_weight, latents.shape[-2:])
+                denoising_loss = pixel_losses.mean()
                 loss = denoising_loss
                 if args.unit_kurtosis_weight > 0:
                     kurtosis = unit_kurtosis(encoder_output.units)
