@@ -7,6 +7,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from .loading import StrictLoadingMixin
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -49,7 +51,7 @@ class MixtureState:
         return [MixtureState(*parts) for parts in zip(*(t.chunk(num_chunks) for t in self.astuple()))]
 
 
-class DyGAAnchorer(ModelMixin, ConfigMixin):
+class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """
     Dynamic Gaussian Anchoring: one Gaussian mixture per latent unit over that unit's token features, with a dynamic
     number of components, whose means serve as anchors that tokens are pulled toward.

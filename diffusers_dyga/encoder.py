@@ -10,6 +10,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .loading import StrictLoadingMixin
+
 
 @dataclass
 class DisentangledEncoderOutput(BaseOutput):
@@ -58,7 +60,7 @@ class BackboneTrunk(nn.Module):
         return self.proj(features.mean(dim=(2, 3)))
 
 
-class DisentangledEncoder(ModelMixin, ConfigMixin):
+class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """
     Maps images to `num_units` scalar latent units and embeds each unit with its own small MLP into a token.
 
@@ -166,6 +168,11 @@ class DisentangledEncoder(ModelMixin, ConfigMixin):
                 raise ValueError(
                     f"Unit whitening needs training batches larger than num_units={self.config.num_units}, got a "
                     f"batch of {units.shape[0]}."
+                )
+            if not torch.isfinite(units).all():
+                raise FloatingPointError(
+                    "The units are not finite (NaN or inf): the input or the encoder's weights diverged. The "
+                    "whitening's running statistics were left as they were."
                 )
             mean, covariance = units.mean(dim=0), torch.cov(units.T)
             with torch.no_grad():

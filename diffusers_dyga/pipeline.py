@@ -54,6 +54,15 @@ def eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
             module.train(training)
 
 
+def check_generators(generator: torch.Generator | list[torch.Generator] | None, batch_size: int) -> None:
+    """diffusers' contract: a list of generators holds one generator per rendered image."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of {len(generator)} generators for {batch_size} images to render; pass one per "
+            "image (inputs times num_images) or a single generator."
+        )
+
+
 def check_guidance_scale(guidance_scale: float) -> None:
     if guidance_scale < 1:
         raise ValueError(f"guidance_scale must be at least 1 (1: no guidance), got {guidance_scale}.")
@@ -148,20 +157,41 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
             component = os.path.join(folder, name)
             if not os.path.isdir(component) or not any(f.endswith(".json") for f in os.listdir(component)):
                 raise ValueError(f"The saved pipeline in {folder} lacks its '{name}' component (no config in {component}).")
+        listed = {name for name, spec in index.items() if isinstance(spec, list) and spec[0] is not None}
+        for name in ("encoder", "unet", "anchorer", "vae"):
+            if name not in listed and os.path.isfile(os.path.join(folder, name, "config.json")):
+                raise ValueError(
+                    f"{folder} has a '{name}' folder that its model_index.json does not list: the index and the "
+                    "components come from different saves."
+                )
 
     # ------------------------------------------------------------------ units
 
     def preprocess(self, images: ImageInput) -> torch.Tensor:
         """PIL images, or `(H, W, C)` / `(B, H, W, C)` arrays in [0, 1] or uint8, or `(B, C, H, W)` / `(C, H, W)`
         tensors already in the model's [-1, 1] range -> `(B, C, H, W)` tensor in [-1, 1] on the encoder's device.
-        No resizing: a wrong size raises."""
+        No resizing: a wrong size raises, and so do uint8 tensors, values outside [-1, 1], NaN and empty batches."""
         if isinstance(images, torch.Tensor):
             pixels = images.unsqueeze(0) if images.ndim == 3 else images
+            if not pixels.is_floating_point():
+                raise ValueError(
+                    f"Image tensors must be floats in [-1, 1], got {pixels.dtype}; convert 0..255 values with "
+                    "`images.float() / 127.5 - 1`."
+                )
         else:
             if isinstance(images, np.ndarray) and images.dtype == np.uint8:
                 images = images.astype(np.float32) / 255.0
             pixels = self.image_processor.preprocess(images)
         self.encoder.check_images(pixels)
+        if pixels.shape[0] == 0:
+            raise ValueError("The batch of images is empty.")
+        if not torch.isfinite(pixels).all():
+            raise ValueError("The images contain NaN or infinite values.")
+        if pixels.abs().max() > 1 + 1e-3:
+            raise ValueError(
+                f"Image tensors must be in [-1, 1], got values up to {pixels.abs().max().item():g}; 0..255 images "
+                "need `/ 127.5 - 1`, 0..1 images `* 2 - 1`."
+            )
         return pixels.to(device=self._execution_device, dtype=self.encoder.dtype)
 
     @torch.no_grad()
@@ -250,7 +280,10 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
             units = self.encode(images)
         if units is not None:
             self.encoder.check_units(units)
+            if units.shape[0] == 0 or not torch.isfinite(units).all():
+                raise ValueError("`units` must be a non-empty batch of finite values.")
             units = units.repeat_interleave(num_images, dim=0)
+            check_generators(generator, units.shape[0])
             tokens = self.condition(units)
         else:
             if self.anchorer is None or not self.anchorer.is_fitted:
@@ -258,8 +291,12 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
                     "Generation without images or units samples from the anchorer, which this pipeline "
                     f"{'lacks' if self.anchorer is None else 'has not fitted'}; pass `images` or `units`."
                 )
-            anchor_generator = generator[0] if isinstance(generator, list) else generator
-            tokens = self.anchorer.sample(num_images, generator=anchor_generator).to(self._execution_device)
+            check_generators(generator, num_images)
+            if isinstance(generator, list):
+                tokens = torch.cat([self.anchorer.sample(1, generator=g) for g in generator])
+            else:
+                tokens = self.anchorer.sample(num_images, generator=generator)
+            tokens = tokens.to(self._execution_device)
         batch_size = tokens.shape[0]
         tokens = tokens.to(self.unet.dtype)
 

@@ -7,8 +7,10 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from torch import nn
 
+from .loading import StrictLoadingMixin
 
-class SkipDropoutUNet(UNet2DConditionModel):
+
+class SkipDropoutUNet(StrictLoadingMixin, UNet2DConditionModel):
     """
     A [`UNet2DConditionModel`] whose decoder skip connections are dropped during training (Skip Dropout), and that
     can read the pixel coordinates.

@@ -77,6 +77,18 @@ def test_unit_whitening_needs_batches_larger_than_the_unit_count():
         encoder.encode(random_images(NUM_UNITS))
 
 
+def test_a_non_finite_training_batch_raises_and_leaves_the_whitening_statistics_alone():
+    encoder = tiny_encoder(unit_whitening=True).train()
+    encoder(random_images(16))
+    before = {name: buffer.clone() for name, buffer in encoder.named_buffers()}
+    images = random_images(16)
+    images[3] = torch.nan
+    with pytest.raises(FloatingPointError, match="not finite"):
+        encoder(images)
+    for name, buffer in encoder.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
 def test_unit_whitening_statistics_round_trip(tmp_path):
     encoder = tiny_encoder(unit_whitening=True)
     encoder.encode(random_images(16))

@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, VQModel
 
-from diffusers_dyga import DisentangledDiffusionPipeline, DyGAAnchorer
+from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer
 from diffusers_dyga.pipeline import eval_mode
 
 from .tiny import NUM_UNITS, SIZE, UNIT_DIM, random_images, tiny_encoder, tiny_pipeline, tiny_unet
@@ -72,6 +73,38 @@ def test_wrong_image_size_raises(pipeline):
         pipeline(units=torch.zeros(2, NUM_UNITS + 1), num_inference_steps=1)
     with pytest.raises(ValueError, match="either"):
         pipeline(images=random_images(1), units=torch.zeros(1, NUM_UNITS))
+
+
+def test_bad_image_values_and_empty_batches_raise(pipeline):
+    images = random_images(2)
+    with pytest.raises(ValueError, match="floats in \\[-1, 1\\], got torch.uint8"):
+        pipeline.encode(((images + 1) * 127.5).to(torch.uint8))
+    with pytest.raises(ValueError, match="got values up to 255"):
+        pipeline.encode(torch.full_like(images, 255.0))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pipeline.encode(torch.where(images > 0.9, torch.nan, images))
+    with pytest.raises(ValueError, match="empty"):
+        pipeline.encode(images[:0])
+    with pytest.raises(ValueError, match="finite"):
+        pipeline(units=torch.full((1, NUM_UNITS), torch.nan), num_inference_steps=1)
+
+
+def test_generator_lists_hold_one_generator_per_image(pipeline):
+    units = pipeline.encode(random_images(2))
+    for count in (1, 3):
+        with pytest.raises(ValueError, match=f"list of {count} generators for 2 images"):
+            pipeline(units=units, num_inference_steps=1, generator=[torch.Generator().manual_seed(i) for i in range(count)])
+    with pytest.raises(ValueError, match="list of 2 generators for 4 images"):
+        pipeline(num_images=4, num_inference_steps=1, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+
+    def generate(seeds):
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        return pipeline(num_images=len(seeds), num_inference_steps=2, generator=generators, output_type="pt")
+
+    pair, alone = generate([0, 1]), generate([1])
+    assert not torch.allclose(pair.tokens[0], pair.tokens[1])
+    torch.testing.assert_close(pair.tokens[1], alone.tokens[0])
+    torch.testing.assert_close(pair.images[1], alone.images[0])
 
 
 def test_generation_needs_a_fitted_anchorer():
@@ -220,6 +253,39 @@ def test_corrupt_component_checkpoint_raises(pipeline, tmp_path):
         DisentangledDiffusionPipeline.from_pretrained(tmp_path / "missing")
     with pytest.raises(ValueError, match="no model_index.json"):
         DisentangledDiffusionPipeline.from_pretrained(tmp_path / "missing" / "unet")
+
+
+def test_missing_or_unexpected_weights_and_unlisted_components_raise(pipeline, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    pipeline.save_pretrained(tmp_path / "saved")
+    for name, edit, message in [
+        ("anchorer", lambda state: state.pop("fitted"), "DyGAAnchorer checkpoint .*anchorer does not match the model .*missing keys: fitted"),
+        ("encoder", lambda state: state.update(extra=torch.zeros(1)), "DisentangledEncoder .*unexpected keys: extra"),
+    ]:
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "saved", folder)
+        weights = folder / name / "diffusion_pytorch_model.safetensors"
+        state = load_file(weights)
+        edit(state)
+        save_file(state, weights)
+        with pytest.raises(ValueError, match=message):
+            DisentangledDiffusionPipeline.from_pretrained(folder)
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tmp_path / "saved", pickled)
+    weights = pickled / "encoder" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), pickled / "encoder" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(EnvironmentError, match="safetensors"):
+        DisentangledDiffusionPipeline.from_pretrained(pickled)
+    DisentangledEncoder.from_pretrained(pickled, subfolder="encoder", use_safetensors=False)
+
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    del index["anchorer"]
+    (tmp_path / "saved" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="'anchorer' folder that its model_index.json does not list"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path / "saved")
 
 
 @pytest.mark.parametrize("vae_class", [AutoencoderKL, VQModel])
