@@ -1,5 +1,6 @@
 import datasets
 import numpy as np
+import PIL.Image
 import pytest
 
 from diffusers_dyga.data import (
@@ -8,7 +9,9 @@ from diffusers_dyga.data import (
     factor_sizes,
     factors_array,
     grid_factors,
+    image_channels,
     images_to_tensor,
+    is_full_grid,
     load_3dshapes_h5,
     load_builtin,
     load_dsprites,
@@ -163,3 +166,28 @@ def test_image_dataset_without_factors(tmp_path, cache_dir):
         row["image"].save(folder / f"{i}.png")
     from_folder = load_image_dataset(str(folder))
     assert len(from_folder) == len(shapes) and from_folder[0]["image"].size == (16, 16)
+
+
+def test_class_subfolder_labels_are_not_taken_as_factors_but_a_saved_grid_is(tmp_path, cache_dir):
+    folder = tmp_path / "classes"
+    for label, colour in (("cats", (200, 30, 30)), ("dogs", (30, 30, 200))):
+        (folder / label).mkdir(parents=True)
+        for i in range(3):
+            PIL.Image.new("RGB", (16 + 4 * i, 16), colour).save(folder / label / f"{i}.png")
+    from_folder = load_image_dataset(str(folder))
+    assert "label" in from_folder.column_names and factor_names(from_folder) == []
+    shapes = load_shapes(resolution=16, factor_sizes=(1, 1, 2, 1, 2, 1), cache_dir=cache_dir)
+    shapes.save_to_disk(str(tmp_path / "grid"))
+    assert is_full_grid(shapes) and factor_names(load_image_dataset(str(tmp_path / "grid"))) == factor_names(shapes)
+    assert not is_full_grid(shapes.select([0, 1, 2, 2]))
+
+
+def test_image_channels_look_past_a_grayscale_first_image(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    PIL.Image.new("L", (8, 8), 128).save(folder / "0.png")
+    PIL.Image.new("L", (8, 8), 64).save(folder / "1.png")
+    assert image_channels(load_image_dataset(str(folder))) == 1
+    PIL.Image.new("RGB", (8, 8), (10, 200, 10)).save(folder / "2.png")
+    dataset = load_image_dataset(str(folder))
+    assert dataset[0]["image"].mode == "L" and image_channels(dataset) == 3

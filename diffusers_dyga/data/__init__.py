@@ -2,9 +2,9 @@
 
 from .dsprites import DSPRITES_FACTOR_NAMES, DSPRITES_FACTOR_SIZES, load_dsprites, render_dsprites
 from .files import load_3dshapes_h5, load_dsprites_npz, load_image_dataset, load_mpi3d_npz
-from .grid import factor_names, factor_row_index, factor_sizes, factors_array, grid_factors
+from .grid import factor_names, factor_row_index, factor_sizes, factors_array, grid_factors, is_full_grid
 from .shapes import SHAPES_FACTOR_NAMES, SHAPES_FACTOR_SIZES, load_shapes, render_shapes
-from .tensors import images_to_tensor
+from .tensors import image_channels, images_to_tensor
 
 BUILTIN_DATASETS = {"shapes": load_shapes, "dsprites": load_dsprites}
 
@@ -27,7 +27,9 @@ __all__ = [
     "factor_sizes",
     "factors_array",
     "grid_factors",
+    "image_channels",
     "images_to_tensor",
+    "is_full_grid",
     "load_3dshapes_h5",
     "load_builtin",
     "load_dsprites",

@@ -1,13 +1,16 @@
 """Adapters for the real ground-truth files a user has locally, and for any image dataset without factors."""
 
+import logging
 import os
 
 import datasets
 import numpy as np
 
 from .dsprites import DSPRITES_FACTOR_NAMES
-from .grid import build_dataset, cached, factor_row_index, grid_factors
+from .grid import build_dataset, cached, factor_names, factor_row_index, grid_factors, is_full_grid
 from .shapes import SHAPES_FACTOR_NAMES
+
+logger = logging.getLogger(__name__)
 
 MPI3D_FACTOR_NAMES = [
     "object_color",
@@ -103,7 +106,8 @@ def load_image_dataset(
     name_or_path: str, image_column: str = "image", split: str = "train", **load_kwargs
 ) -> datasets.Dataset:
     """Any Hub or local image dataset (a `datasets` repo id, a `save_to_disk` folder, or an image folder), with
-    its images in an `image` column; other columns are kept. For training: it has no factors to evaluate."""
+    its images in an `image` column; other columns are kept. Its `ClassLabel` columns stay factors (scored by the
+    metrics) only when they form a full grid; an image folder's class `label`, for one, does not."""
     saved = ("state.json", "dataset_dict.json")
     if os.path.isdir(name_or_path) and any(os.path.isfile(os.path.join(name_or_path, f)) for f in saved):
         dataset = datasets.load_from_disk(name_or_path)
@@ -124,4 +128,12 @@ def load_image_dataset(
         dataset = dataset.rename_column(image_column, "image")
     if not isinstance(dataset.features["image"], datasets.Image):
         dataset = dataset.cast_column("image", datasets.Image())
+    labels = factor_names(dataset)
+    if labels and not is_full_grid(dataset):
+        logger.warning(
+            f"{name_or_path}: the label columns {labels} are not a full factor grid (every combination of their values "
+            "exactly once), so they are kept as plain integers and not scored as factors."
+        )
+        for name in labels:
+            dataset = dataset.cast_column(name, datasets.Value("int64"))
     return dataset

@@ -39,6 +39,21 @@ def factors_array(dataset: datasets.Dataset) -> np.ndarray:
     return np.stack([np.asarray(table[name], dtype=np.int64) for name in names], axis=1)
 
 
+def is_full_grid(dataset: datasets.Dataset) -> bool:
+    """Whether the `ClassLabel` columns hold every combination of their values exactly once (a factor grid), as
+    opposed to, say, the `label` column of an image folder with class subfolders."""
+    names = factor_names(dataset)
+    if not names:
+        return False
+    sizes = factor_sizes(dataset)
+    if len(dataset) != int(np.prod(sizes)):
+        return False
+    factors = factors_array(dataset)
+    if (factors < 0).any() or (factors >= np.asarray(sizes)).any():
+        return False
+    return len(np.unique(np.ravel_multi_index(tuple(factors.T), tuple(sizes)))) == len(dataset)
+
+
 def factor_row_index(factor_indices: np.ndarray, sizes: list[int] | tuple[int, ...]) -> np.ndarray:
     """Rows of a full grid (in C order, last factor fastest) holding the factor-index vectors `(n, num_factors)`."""
     factor_indices = np.asarray(factor_indices, dtype=np.int64)
