@@ -11,6 +11,7 @@ dataset's images, cached in `--cache_dir`).
 
 import argparse
 import json
+import logging
 import os
 import time
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isdir(output_folder):
         parser.error(f"--output {args.output}: the folder {output_folder} does not exist.")
 
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
     from .. import DisentangledDiffusionPipeline
 
     dataset = load_ground_truth(args.dataset, args.resolution, args.factor_sizes, args.cache_dir)
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     metric_seconds = time.perf_counter() - start
     control = None
     if args.control_num_sources > 0:
+        logging.info(f"scoring the renders of {args.control_num_sources} sources")
         start = time.perf_counter()
         control = evaluate_controllability(
             pipe,

@@ -1,6 +1,8 @@
 """What the metrics score: the scalar units, or the official protocol's first principal component of each unit's
 conditioning token."""
 
+import logging
+
 import datasets
 import numpy as np
 import torch
@@ -8,6 +10,8 @@ from sklearn.decomposition import PCA
 
 from ..data.grid import factor_names, factor_sizes, factors_array
 from .suite import encode_dataset, evaluate_representation
+
+logger = logging.getLogger(__name__)
 
 REPRESENTATIONS = ("units", "token_pca")
 
@@ -41,6 +45,7 @@ def evaluate_pipeline(
     metrics and the units' codes `(len(dataset), num_units)` (`None` when `"units"` is not among them)."""
     metrics, unit_codes = {}, None
     for representation in representations:
+        logger.info(f"encoding {len(dataset)} images as {representation}")
         codes = encode_representation(pipeline, dataset, representation, batch_size)
         scores = evaluate_representation(
             codes, factors_array(dataset), factor_sizes(dataset), factor_names=factor_names(dataset), **metric_options

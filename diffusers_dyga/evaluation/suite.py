@@ -1,5 +1,7 @@
 """The whole metric suite on one representation, and encoding a dataset into representations."""
 
+import logging
+import time
 from collections.abc import Callable
 
 import datasets
@@ -13,6 +15,8 @@ from .factor_vae import factor_vae_score
 from .mig import mig
 from .modularity_explicitness import modularity_explicitness
 from .sap import sap
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate_representation(
@@ -37,8 +41,8 @@ def evaluate_representation(
         "downstream": {...}}`.
     """
     splits = {"num_train": num_train, "num_test": num_test, "random_state": random_state}
-    return {
-        "factor_vae": factor_vae_score(
+    metrics = {
+        "factor_vae": lambda: factor_vae_score(
             codes,
             factors,
             factor_sizes,
@@ -47,12 +51,18 @@ def evaluate_representation(
             num_variance_estimate=num_train,
             random_state=random_state,
         ),
-        "dci": dci(codes, factors, n_jobs=n_jobs, **splits),
-        "mig": mig(codes, factors, num_train=num_train, random_state=random_state),
-        "sap": sap(codes, factors, **splits),
-        "modularity_explicitness": modularity_explicitness(codes, factors, **splits),
-        "downstream": downstream_accuracy(codes, factors, factor_names=factor_names, **splits),
+        "dci": lambda: dci(codes, factors, n_jobs=n_jobs, **splits),
+        "mig": lambda: mig(codes, factors, num_train=num_train, random_state=random_state),
+        "sap": lambda: sap(codes, factors, **splits),
+        "modularity_explicitness": lambda: modularity_explicitness(codes, factors, **splits),
+        "downstream": lambda: downstream_accuracy(codes, factors, factor_names=factor_names, **splits),
     }
+    scores = {}
+    for name, compute in metrics.items():
+        start = time.perf_counter()
+        scores[name] = compute()
+        logger.info(f"{name}: {time.perf_counter() - start:.1f} s")
+    return scores
 
 
 def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
