@@ -198,10 +198,30 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--guidance_scale", "0.5", "--guidance_scale must be at least 1"),
         ("--guidance_scale", "3", "--guidance_scale above 1 needs --token_dropout above 0"),
         ("--num_units", "4", "--unit_whitening needs --train_batch_size (4) larger than --num_units (4)"),
+        ("--learning_rate", "-1e-4", "--learning_rate must be positive"),
+        ("--encoder_learning_rate", "-1e-4", "--encoder_learning_rate must be positive"),
+        ("--max_grad_norm", "-1", "--max_grad_norm must be positive"),
+        ("--max_train_steps", "0", "--max_train_steps must be positive"),
+        ("--num_train_epochs", "0", "--num_train_epochs must be positive"),
+        ("--checkpointing_steps", "0", "--checkpointing_steps must be positive"),
+        ("--validation_steps", "0", "--validation_steps must be positive"),
+        ("--dyga_every", "0", "--dyga_every must be positive"),
+        ("--gradient_accumulation_steps", "0", "--gradient_accumulation_steps must be positive"),
+        ("--resolution", "0", "--resolution must be positive"),
+        ("--num_units", "0", "--num_units must be positive"),
+        ("--num_validation_images", "0", "--num_validation_images must be positive"),
+        ("--validation_inference_steps", "0", "--validation_inference_steps must be positive"),
+        ("--eval_num_train", "0", "--eval_num_train and --eval_num_test must be positive"),
+        ("--control_num_sources", "-1", "--control_num_sources must be non-negative"),
+        ("--checkpoints_total_limit", "0", "--checkpoints_total_limit must be positive"),
+        ("--skip_dropout", "1", "--skip_dropout must be in [0, 1)"),
+        ("--ema_decay", "1", "--ema_decay must be in [0, 1)"),
         ("--detail_loss_weight", "1.5", "--detail_loss_weight must be in [0, 1]"),
+        ("--dyga_init_components", "11", "--dyga_init_components (11) exceeds --dyga_max_components (10)"),
+        ("--beta_end", "0.00001", "Need 0 < --beta_start < --beta_end < 1"),
     ]:
         with pytest.raises(SystemExit):
-            train.parse_args(tiny_args(tmp_path, cache_dir, flag, value))
+            train.parse_args(tiny_args(tmp_path, cache_dir, f"{flag}={value}"))
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train.parse_args(tiny_args(tmp_path, cache_dir, "--no-unit_whitening", "--train_batch_size", "1"))

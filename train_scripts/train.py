@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import os
-import shutil
+import pickle
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +37,17 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from tqdm.auto import tqdm
 
 from diffusers_dyga import DisentangledDiffusionPipeline, DisentangledEncoder, DyGAAnchorer, SkipDropoutUNet
-from diffusers_dyga.data import factor_names, factor_sizes, images_to_tensor, load_builtin, load_image_dataset
+from diffusers_dyga.checkpointing import (
+    check_resume_settings,
+    checkpoint_folders,
+    checkpoint_step,
+    is_complete_checkpoint,
+    latest_complete_checkpoint,
+    read_checkpoint_settings,
+    save_checkpoint,
+    save_pipeline,
+)
+from diffusers_dyga.data import factor_names, factor_sizes, image_channels, images_to_tensor, load_builtin, load_image_dataset
 from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
 from diffusers_dyga.training_utils import detail_weights, unit_kurtosis
@@ -274,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in preset.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    check_ranges(parser, args)
     if args.push_to_hub and args.hub_model_id is None:
         parser.error("--push_to_hub needs --hub_model_id.")
     if args.timestep_bias_power <= 0:
@@ -321,6 +332,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resolution % 2 ** len(args.encoder_channels):
         parser.error(f"--resolution {args.resolution} must be divisible by {2 ** len(args.encoder_channels)} for the encoder.")
     return args
+
+
+POSITIVE_ARGUMENTS = (
+    "resolution", "num_units", "unit_dim", "train_batch_size", "num_train_epochs", "gradient_accumulation_steps",
+    "learning_rate", "max_grad_norm", "checkpointing_steps", "validation_steps", "num_validation_images",
+    "validation_inference_steps", "dyga_every", "dyga_samples", "dyga_init_components", "dyga_max_components",
+    "num_train_timesteps", "encoder_hidden_dim", "token_hidden_dim", "layers_per_block", "max_attention_resolution",
+)  # fmt: skip
+
+
+def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Signs and ranges of the numeric settings, so that a bad value stops the run before any work."""
+    for name in POSITIVE_ARGUMENTS:
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}.")
+    for name in ("max_train_steps", "checkpoints_total_limit", "encoder_learning_rate"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name} must be positive, got {value}.")
+    for name in ("lr_warmup_steps", "control_num_sources", "eval_max_rows", "dataloader_num_workers", "adam_weight_decay"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be non-negative, got {getattr(args, name)}.")
+    if any(width <= 0 for width in args.encoder_channels + args.unet_channels):
+        parser.error("Every encoder and U-Net width must be positive.")
+    if not 0 <= args.skip_dropout < 1:
+        parser.error(f"--skip_dropout must be in [0, 1), got {args.skip_dropout}.")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema_decay must be in [0, 1), got {args.ema_decay}.")
+    if not 0 <= args.dyga_lambda <= 1:
+        parser.error(f"--dyga_lambda must be in [0, 1], got {args.dyga_lambda}.")
+    if args.dyga_init_components > args.dyga_max_components:
+        parser.error(
+            f"--dyga_init_components ({args.dyga_init_components}) exceeds --dyga_max_components ({args.dyga_max_components})."
+        )
+    if not 0 < args.beta_start < args.beta_end < 1:
+        parser.error(f"Need 0 < --beta_start < --beta_end < 1, got {args.beta_start} and {args.beta_end}.")
 
 
 def read_vae_config(path: str) -> dict:
@@ -447,12 +494,52 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.num_rows
 
 
-def checkpoint_folders(output_dir: str) -> list[str]:
-    """The `checkpoint-{step}` folder names in `output_dir`, oldest step first."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")]
-    return sorted(found, key=lambda d: int(d.split("-")[1]))
+RESUME_SETTINGS = (
+    "resolution", "vae", "num_units", "unit_dim", "encoder_channels", "encoder_hidden_dim", "token_hidden_dim",
+    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unet_channels", "layers_per_block",
+    "max_attention_resolution", "attention_head_channels", "coordinate_input", "skip_dropout",
+    "skip_dropout_resolutions", "token_dropout", "dyga", "dyga_every", "dyga_samples", "dyga_fit_space",
+    "dyga_selection_criterion", "dyga_init_components", "dyga_max_components", "dyga_lambda_mode", "dyga_lambda",
+    "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "timestep_bias_power", "prediction_type", "loss",
+    "detail_loss_weight", "train_batch_size", "gradient_accumulation_steps", "use_ema", "ema_decay", "seed",
+)  # fmt: skip
+
+
+def resume_settings(args: argparse.Namespace) -> dict:
+    """The settings a checkpoint records and a resume must match: the objective, every shape, the data order."""
+    return {name: getattr(args, name) for name in RESUME_SETTINGS}
+
+
+def resume_candidates(args: argparse.Namespace) -> list[str]:
+    """The checkpoints `--resume_from_checkpoint` may load, first choice first: the named one, or every complete one,
+    newest first, for `latest` (a save killed midway leaves an incomplete folder, which is skipped with a warning)."""
+    if args.resume_from_checkpoint != "latest":
+        if not os.path.isdir(args.resume_from_checkpoint):
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder.")
+        return [args.resume_from_checkpoint]
+    newest, skipped = latest_complete_checkpoint(args.output_dir)
+    if skipped:
+        logger.warning(f"Skipping incomplete checkpoints (their saves were interrupted): {', '.join(skipped)}")
+    if newest is None:
+        raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint in {args.output_dir}.")
+    complete = [os.path.join(args.output_dir, name) for name in reversed(checkpoint_folders(args.output_dir))]
+    return [path for path in complete if is_complete_checkpoint(path)]
+
+
+def load_checkpoint(accelerator: Accelerator, path: str, args: argparse.Namespace) -> None:
+    """Loads a complete checkpoint saved with the same settings, its random states included, or raises ValueError."""
+    check_resume_settings(read_checkpoint_settings(path), resume_settings(args), path)
+    random_states = os.path.join(path, f"random_states_{accelerator.process_index}.pkl")
+    if not os.path.isfile(random_states):
+        raise ValueError(f"{random_states} is missing: the resumed run would not reproduce the uninterrupted one.")
+    empty = [os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names]
+    empty = [file for file in empty if os.path.getsize(file) == 0]
+    if empty:
+        raise ValueError(f"{path} holds empty files (a write cut short): {', '.join(sorted(empty))}.")
+    try:
+        accelerator.load_state(path)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path} could not be loaded ({type(error).__name__}: {error}).") from error
 
 
 def anchorer_checksum(anchorer: DyGAAnchorer) -> str:
@@ -545,6 +632,8 @@ def validation_sources(dataset: datasets.Dataset, args, channels: int) -> torch.
 
 
 def log_validation(pipeline, dataset, args, accelerator, step: int, final: bool = False) -> tuple[PIL.Image.Image, dict | None]:
+    logger.info(f"step {step}: {'final ' if final else ''}validation started")
+    start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
     sources = validation_sources(dataset, args, pipeline.encoder.config.in_channels)
     grid = pipeline.interchange_grid(sources, num_inference_steps=args.validation_inference_steps, generator=generator)
@@ -557,6 +646,7 @@ def log_validation(pipeline, dataset, args, accelerator, step: int, final: bool 
     if metrics is not None:
         accelerator.log({f"metrics/{k}": v for k, v in scalar_metrics(metrics).items()}, step=step)
         logger.info(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in scalar_metrics(metrics).items()))
+    logger.info(f"step {step}: validation took {time.perf_counter() - start:.0f} s")
     return grid, metrics
 
 
@@ -744,7 +834,7 @@ def main(args: argparse.Namespace) -> str:
 
     with accelerator.main_process_first():
         dataset = load_training_data(args)
-    in_channels = 1 if dataset[0]["image"].mode in ("L", "1") else 3
+    in_channels = image_channels(dataset)
 
     vae = None
     if args.vae is not None:
@@ -839,16 +929,17 @@ def main(args: argparse.Namespace) -> str:
 
     global_step, first_epoch, resume_step = 0, 0, 0
     if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = checkpoint_folders(args.output_dir)
-            path = os.path.join(args.output_dir, found[-1]) if found else None
-        else:
-            path = args.resume_from_checkpoint
-        if path is None or not os.path.isdir(path):
-            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no checkpoint found.")
+        candidates = resume_candidates(args)
+        for index, path in enumerate(candidates):
+            try:
+                load_checkpoint(accelerator, path, args)
+                break
+            except ValueError as error:
+                if index == len(candidates) - 1 or args.resume_from_checkpoint != "latest":
+                    raise
+                logger.warning(f"{error} Falling back to {candidates[index + 1]}.")
         accelerator.print(f"Resuming from {path}")
-        accelerator.load_state(path)
-        global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+        global_step = checkpoint_step(path)
         first_epoch = global_step // num_update_steps_per_epoch
         resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
 
@@ -878,6 +969,8 @@ def main(args: argparse.Namespace) -> str:
             epoch_loader = accelerator.skip_first_batches(train_dataloader, resume_step)
             epoch_loader.set_epoch(epoch)
         for batch in epoch_loader:
+            if global_step >= args.max_train_steps:
+                break
             with accelerator.accumulate(encoder, unet):
                 pixels = batch["pixel_values"]
                 latents = to_latents(pixels)
@@ -885,7 +978,10 @@ def main(args: argparse.Namespace) -> str:
                 num_timesteps = noise_scheduler.config.num_train_timesteps
                 timesteps = sample_timesteps(latents.shape[0], num_timesteps, args.timestep_bias_power, latents.device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                encoder_output = encoder(pixels)
+                try:
+                    encoder_output = encoder(pixels)
+                except FloatingPointError as error:
+                    stop_diverged_run(args, global_step + 1, f"the encoder failed: {error}", lr_scheduler.get_last_lr()[0])
                 tokens = encoder_output.tokens
                 if args.dyga and anchorer.is_fitted:
                     tokens = anchorer.align(tokens)
@@ -908,9 +1004,19 @@ def main(args: argparse.Namespace) -> str:
                 if args.unit_kurtosis_weight > 0:
                     kurtosis = unit_kurtosis(encoder_output.units)
                     loss = loss + args.unit_kurtosis_weight * kurtosis
+                if not torch.isfinite(loss):
+                    stop_diverged_run(
+                        args, global_step + 1, f"the loss is {loss.item()} (denoising loss {denoising_loss.item()})",
+                        lr_scheduler.get_last_lr()[0],
+                    )  # fmt: skip
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(list(encoder.parameters()) + list(unet.parameters()), args.max_grad_norm)
+                    parameters = list(encoder.parameters()) + list(unet.parameters())
+                    grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+                    if args.mixed_precision != "fp16" and grad_norm is not None and not torch.isfinite(grad_norm):
+                        stop_diverged_run(
+                            args, global_step + 1, f"the gradient norm is {grad_norm.item()}", lr_scheduler.get_last_lr()[0]
+                        )
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -934,15 +1040,15 @@ def main(args: argparse.Namespace) -> str:
                 dyga_fits.append(fit)
                 logs["dyga/mean_components"] = float(np.mean(fit["num_components"]))
                 logs["dyga/fit_seconds"] = fit["seconds"]
+                logger.info(f"step {global_step}: DyGA refitted in {fit['seconds']:.1f} s, components per unit {fit['num_components']}")
             accelerator.log(logs, step=global_step)
             progress_bar.set_postfix(loss=logs["loss"])
 
             if global_step % args.checkpointing_steps == 0:
-                if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-                    existing = checkpoint_folders(args.output_dir)
-                    for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-                        shutil.rmtree(os.path.join(args.output_dir, old))
-                accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+                saved = save_checkpoint(
+                    accelerator, args.output_dir, global_step, resume_settings(args), args.checkpoints_total_limit
+                )
+                logger.info(f"Saved {saved}")
 
             if accelerator.is_main_process and global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
                 with ema_weights(args, ema_unet, ema_encoder, unet, encoder):
@@ -964,8 +1070,9 @@ def main(args: argparse.Namespace) -> str:
     if accelerator.is_main_process:
         wall_minutes = (time.perf_counter() - start_time) / 60
         pipeline = make_pipeline(args, accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
+        save_pipeline(pipeline, args.output_dir)
+        logger.info(f"Saved the pipeline to {args.output_dir}")
         grid, metrics = log_validation(pipeline, dataset, args, accelerator, global_step, final=True)
-        pipeline.save_pretrained(args.output_dir)
         grid.save(os.path.join(args.output_dir, "interchange_grid.png"))
         report = {
             "steps": global_step,
@@ -984,6 +1091,7 @@ def main(args: argparse.Namespace) -> str:
         device = torch.cuda.get_device_name(accelerator.device) if on_gpu else f"CPU ({os.cpu_count()} cores)"
         card = render_model_card(args, metrics, len(dataset), wall_minutes, accelerator.num_processes, device)
         card.save(os.path.join(args.output_dir, "README.md"))
+        logger.info(f"Saved the training report and the model card to {args.output_dir}")
         if args.push_to_hub:
             repo_id = create_repo(args.hub_model_id, exist_ok=True, token=args.hub_token, private=args.hub_private_repo).repo_id
             upload_folder(
@@ -995,6 +1103,16 @@ def main(args: argparse.Namespace) -> str:
             )
     accelerator.end_training()
     return args.output_dir
+
+
+def stop_diverged_run(args, step: int, what: str, learning_rate: float) -> None:
+    """Stops a diverged run before its weights are stepped, so that every saved checkpoint is finite."""
+    newest, _ = latest_complete_checkpoint(args.output_dir)
+    raise FloatingPointError(
+        f"At step {step} {what}, at learning rate {learning_rate:g}: the run stopped before this step changed any "
+        f"weight. Last complete checkpoint: {newest or 'none'}. Lower --learning_rate (or --encoder_learning_rate) "
+        "and resume from it or restart."
+    )
 
 
 @contextmanager
@@ -1028,5 +1146,5 @@ if __name__ == "__main__":
     parsed = parse_args()
     try:
         main(parsed)
-    except ValueError as error:
+    except (ValueError, FloatingPointError) as error:
         raise SystemExit(f"train.py: error: {error}") from error
