@@ -4,8 +4,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.activations import get_activation
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
@@ -26,34 +26,68 @@ class DisentangledEncoderOutput(BaseOutput):
     tokens: torch.Tensor = None  # a default lets accelerate's fp32 cast rebuild the output from a dict
 
 
-class ConvTrunk(nn.Module):
-    """The paper-style conv stack: 4x4 stride-2 convolutions, then a flat MLP. `(B, C, H, W) -> (B, hidden)`."""
+def as_widths(widths: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """A width or a sequence of widths -> a tuple of widths."""
+    return (widths,) if isinstance(widths, int) else tuple(widths)
 
-    def __init__(self, in_channels: int, sample_size: int, block_out_channels: tuple[int, ...], hidden_dim: int):
+
+def mlp_layers(in_features: int, widths: tuple[int, ...], act_fn: str) -> list[nn.Module]:
+    """Linear layers of the given widths, each followed by the activation."""
+    layers = []
+    for width in widths:
+        layers += [nn.Linear(in_features, width), get_activation(act_fn)]
+        in_features = width
+    return layers
+
+
+class ConvTrunk(nn.Module):
+    """The paper-style conv stack: an optional 7x7 stride-1 stem, 4x4 stride-2 convolutions (each optionally
+    batch-normalised), then a flat MLP. `(B, C, H, W) -> (B, hidden_dims[-1])`."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        sample_size: int,
+        block_out_channels: tuple[int, ...],
+        hidden_dims: tuple[int, ...],
+        stem_channels: int | None = None,
+        norm_type: str = "none",
+        act_fn: str = "silu",
+    ):
         super().__init__()
-        layers = []
+
+        def conv_block(channels: int, out_channels: int, **conv) -> list[nn.Module]:
+            norm = [nn.BatchNorm2d(out_channels)] if norm_type == "batch" else []
+            return [nn.Conv2d(channels, out_channels, **conv), *norm, get_activation(act_fn)]
+
         channels = in_channels
+        if stem_channels is not None:
+            self.stem = nn.Sequential(*conv_block(channels, stem_channels, kernel_size=7, stride=1, padding=3))
+            channels = stem_channels
+        layers = []
         for out_channels in block_out_channels:
-            layers += [nn.Conv2d(channels, out_channels, kernel_size=4, stride=2, padding=1), nn.SiLU()]
+            layers += conv_block(channels, out_channels, kernel_size=4, stride=2, padding=1)
             channels = out_channels
         self.convs = nn.Sequential(*layers)
         spatial = sample_size // 2 ** len(block_out_channels)
-        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(channels * spatial * spatial, hidden_dim), nn.SiLU())
+        self.proj = nn.Sequential(nn.Flatten(), *mlp_layers(channels * spatial * spatial, hidden_dims, act_fn))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "stem"):
+            images = self.stem(images)
         return self.proj(self.convs(images))
 
 
 class BackboneTrunk(nn.Module):
     """A `transformers` vision backbone (ResNet, ConvNeXt, ...), globally pooled. `(B, C, H, W) -> (B, hidden)`."""
 
-    def __init__(self, backbone_config: dict[str, Any], in_channels: int, hidden_dim: int):
+    def __init__(self, backbone_config: dict[str, Any], in_channels: int, hidden_dims: tuple[int, ...], act_fn: str):
         super().__init__()
         from transformers import AutoBackbone, AutoConfig
 
         config = AutoConfig.for_model(**{**backbone_config, "num_channels": in_channels})
         self.backbone = AutoBackbone.from_config(config)
-        self.proj = nn.Sequential(nn.Linear(self.backbone.channels[-1], hidden_dim), nn.SiLU())
+        self.proj = nn.Sequential(*mlp_layers(self.backbone.channels[-1], hidden_dims, act_fn))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone(pixel_values=images).feature_maps[-1]
@@ -67,14 +101,22 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
     Images `(batch, in_channels, sample_size, sample_size)` in [-1, 1] -> units `(batch, num_units)` -> tokens
     `(batch, num_units, unit_dim)`. The per-unit MLPs (1 -> `token_hidden_dim` -> `unit_dim`) are batched over units.
 
+    The defaults are this package's compact encoder. The official one (Jun et al., `FeatureExtractor`) is
+    `stem_channels=64, block_out_channels=(128, 256, 256, 256), norm_type="batch", act_fn="relu",
+    hidden_dim=(4096, 256), token_hidden_dim=(256, 512), token_output_act=True` at `sample_size=64`.
+
     Args:
         sample_size (`int`): height and width of the input images.
         in_channels (`int`): channels of the input images.
         num_units (`int`): number of scalar latent units (the paper uses 20).
         unit_dim (`int`): dimension of each unit's token (the paper uses 32).
         block_out_channels (`tuple[int]`): widths of the conv trunk's stride-2 convolutions.
-        hidden_dim (`int`): width of the layer between the trunk and the units.
-        token_hidden_dim (`int`): hidden width of each unit's token MLP.
+        hidden_dim (`int` or `tuple[int]`): width(s) of the layer(s) between the trunk and the units.
+        token_hidden_dim (`int` or `tuple[int]`): hidden width(s) of each unit's token MLP.
+        stem_channels (`int`, *optional*): width of a 7x7 stride-1 convolution before the stride-2 ones.
+        norm_type (`str`, defaults to `"none"`): `"batch"` puts BatchNorm after every trunk convolution.
+        act_fn (`str`, defaults to `"silu"`): activation of the trunk and the token MLPs (diffusers' `get_activation`).
+        token_output_act (`bool`, defaults to `False`): apply the activation to the tokens too.
         unit_noise (`float`, defaults to 0.0): in training mode, Gaussian noise of this many batch standard deviations
             (per unit, not differentiated) is added to each unit before its token is made; it caps how much each
             unit can carry. No effect in eval mode.
@@ -95,34 +137,51 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         num_units: int = 20,
         unit_dim: int = 32,
         block_out_channels: tuple[int, ...] = (32, 32, 64, 64),
-        hidden_dim: int = 256,
-        token_hidden_dim: int = 64,
+        hidden_dim: int | tuple[int, ...] = 256,
+        token_hidden_dim: int | tuple[int, ...] = 64,
         unit_noise: float = 0.0,
         unit_whitening: bool = False,
         whitening_momentum: float = 0.1,
         backbone_config: dict[str, Any] | None = None,
+        stem_channels: int | None = None,
+        norm_type: str = "none",
+        act_fn: str = "silu",
+        token_output_act: bool = False,
     ):
         super().__init__()
         if unit_noise < 0:
             raise ValueError(f"unit_noise must be non-negative, got {unit_noise}.")
+        if norm_type not in ("none", "batch"):
+            raise ValueError(f"norm_type must be 'none' or 'batch', got {norm_type!r}.")
+        hidden_dims, token_hidden_dims = as_widths(hidden_dim), as_widths(token_hidden_dim)
         if backbone_config is None:
             if sample_size % 2 ** len(block_out_channels) != 0:
                 raise ValueError(
                     f"sample_size={sample_size} must be divisible by 2**len(block_out_channels)="
                     f"{2 ** len(block_out_channels)}."
                 )
-            self.trunk = ConvTrunk(in_channels, sample_size, tuple(block_out_channels), hidden_dim)
+            self.trunk = ConvTrunk(
+                in_channels, sample_size, tuple(block_out_channels), hidden_dims, stem_channels, norm_type, act_fn
+            )
         else:
-            self.trunk = BackboneTrunk(backbone_config, in_channels, hidden_dim)
-        self.to_units = nn.Linear(hidden_dim, num_units)
+            self.trunk = BackboneTrunk(backbone_config, in_channels, hidden_dims, act_fn)
+        self.to_units = nn.Linear(hidden_dims[-1], num_units)
         if unit_whitening:
             self.register_buffer("running_mean", torch.zeros(num_units))
             self.register_buffer("running_covariance", torch.eye(num_units))
 
-        self.token_in_weight = nn.Parameter(torch.randn(num_units, token_hidden_dim))
-        self.token_in_bias = nn.Parameter(torch.zeros(num_units, token_hidden_dim))
+        self.token_act = get_activation(act_fn)
+        self.token_in_weight = nn.Parameter(torch.randn(num_units, token_hidden_dims[0]))
+        self.token_in_bias = nn.Parameter(torch.zeros(num_units, token_hidden_dims[0]))
+        self.token_hidden_weights = nn.ParameterList(
+            nn.Parameter(torch.randn(num_units, width, next_width) / width**0.5)
+            for width, next_width in zip(token_hidden_dims[:-1], token_hidden_dims[1:])
+        )
+        self.token_hidden_biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(num_units, width)) for width in token_hidden_dims[1:]
+        )
         self.token_out_weight = nn.Parameter(
-            torch.randn(num_units, token_hidden_dim, unit_dim) / token_hidden_dim**0.5
+            torch.randn(num_units, token_hidden_dims[-1], unit_dim) / token_hidden_dims[-1] ** 0.5
         )
         self.token_out_bias = nn.Parameter(torch.zeros(num_units, unit_dim))
 
@@ -192,8 +251,11 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
     def embed(self, units: torch.Tensor) -> torch.Tensor:
         """`(batch, num_units)` units -> `(batch, num_units, unit_dim)` tokens, one MLP per unit."""
         self.check_units(units)
-        hidden = F.silu(units.unsqueeze(-1) * self.token_in_weight + self.token_in_bias)
-        return torch.einsum("bnh,nhd->bnd", hidden, self.token_out_weight) + self.token_out_bias
+        hidden = self.token_act(units.unsqueeze(-1) * self.token_in_weight + self.token_in_bias)
+        for weight, bias in zip(self.token_hidden_weights, self.token_hidden_biases):
+            hidden = self.token_act(torch.einsum("bnh,nhk->bnk", hidden, weight) + bias)
+        tokens = torch.einsum("bnh,nhd->bnd", hidden, self.token_out_weight) + self.token_out_bias
+        return self.token_act(tokens) if self.config.token_output_act else tokens
 
     def forward(self, images: torch.Tensor, return_dict: bool = True) -> DisentangledEncoderOutput | tuple:
         units = self.encode(images)

@@ -116,6 +116,43 @@ def test_sample_size_must_fit_the_trunk():
         DisentangledEncoder(sample_size=20, block_out_channels=(8, 8, 8))
 
 
+OFFICIAL_ENCODER = dict(
+    stem_channels=64, block_out_channels=(128, 256, 256, 256), norm_type="batch", act_fn="relu",
+    hidden_dim=(4096, 256), token_hidden_dim=(256, 512), token_output_act=True,
+)  # fmt: skip
+
+
+def test_official_shaped_encoder_matches_a_plain_torch_build_of_it(tmp_path):
+    encoder = DisentangledEncoder(sample_size=64, num_units=20, unit_dim=32, **OFFICIAL_ENCODER).eval()
+    reference_trunk = [torch.nn.Conv2d(3, 64, 7, 1, 3), torch.nn.BatchNorm2d(64), torch.nn.ReLU()]
+    for channels, out_channels in [(64, 128), (128, 256), (256, 256), (256, 256)]:
+        reference_trunk += [torch.nn.Conv2d(channels, out_channels, 4, 2, 1), torch.nn.BatchNorm2d(out_channels), torch.nn.ReLU()]
+    reference_trunk += [torch.nn.Flatten(), torch.nn.Linear(256 * 4 * 4, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 256)]
+    reference_trunk += [torch.nn.ReLU(), torch.nn.Linear(256, 20)]
+    reference_token = [torch.nn.Linear(1, 256), torch.nn.ReLU(), torch.nn.Linear(256, 512), torch.nn.ReLU()]
+    reference_token += [torch.nn.Linear(512, 32), torch.nn.ReLU()]
+    token_parameters = sum(p.numel() for p in torch.nn.Sequential(*reference_token).parameters())
+    assert encoder.num_parameters() == sum(p.numel() for p in torch.nn.Sequential(*reference_trunk).parameters()) + (
+        20 * token_parameters
+    )
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    output = encoder(images)
+    assert output.units.shape == (2, 20) and output.tokens.shape == (2, 20, 32) and (output.tokens >= 0).all()
+    unit = 7
+    token_mlp = torch.nn.Sequential(*reference_token)
+    with torch.no_grad():
+        token_mlp[0].weight.copy_(encoder.token_in_weight[unit][:, None])
+        token_mlp[0].bias.copy_(encoder.token_in_bias[unit])
+        token_mlp[2].weight.copy_(encoder.token_hidden_weights[0][unit].T)
+        token_mlp[2].bias.copy_(encoder.token_hidden_biases[0][unit])
+        token_mlp[4].weight.copy_(encoder.token_out_weight[unit].T)
+        token_mlp[4].bias.copy_(encoder.token_out_bias[unit])
+    torch.testing.assert_close(output.tokens[:, unit], token_mlp(output.units[:, unit : unit + 1]))
+    encoder.save_pretrained(tmp_path)
+    loaded = DisentangledEncoder.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(images).tokens, output.tokens, rtol=0, atol=0)
+
+
 def test_save_load_round_trip(tmp_path):
     encoder = tiny_encoder()
     encoder.save_pretrained(tmp_path)

@@ -200,7 +200,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--num_units", "4", "--unit_whitening needs --train_batch_size (4) larger than --num_units (4)"),
         ("--learning_rate", "-1e-4", "--learning_rate must be positive"),
         ("--encoder_learning_rate", "-1e-4", "--encoder_learning_rate must be positive"),
-        ("--max_grad_norm", "-1", "--max_grad_norm must be positive"),
+        ("--max_grad_norm", "-1", "--max_grad_norm must be non-negative"),
         ("--max_train_steps", "0", "--max_train_steps must be positive"),
         ("--num_train_epochs", "0", "--num_train_epochs must be positive"),
         ("--checkpointing_steps", "0", "--checkpointing_steps must be positive"),
@@ -305,3 +305,23 @@ def test_preset_heads_follow_attention_head_channels_and_encoder_has_its_own_lea
     optimizer = train.build_optimizer(args, encoder, unet)
     assert [group["lr"] for group in optimizer.param_groups] == [5e-4, 1e-3]
     assert unet.config.coordinate_input and unet.conv_in.in_channels == 5
+
+
+def test_paper_pixel_preset_is_the_official_architecture_and_trains_end_to_end(tmp_path, cache_dir, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path, cache_dir, "--model_config", "paper"))
+    assert "diffuses 16x16 latents of a VQ-f4 first stage: pass --vae" in capsys.readouterr().err
+    output = tmp_path / "paper"
+    args = train.parse_args(
+        tiny_args(output, cache_dir, "--model_config", "paper-pixel", "--skip_dropout_resolutions", "16", "8",
+                  "--max_train_steps", "2", "--dyga_every", "2", "--control_num_sources", "0")
+    )  # fmt: skip
+    assert (args.adam_weight_decay, args.max_grad_norm, args.lr_warmup_steps, args.use_ema) == (0.01, 0.0, 0, True)
+    train.main(args)
+    pipe = DisentangledDiffusionPipeline.from_pretrained(output)
+    encoder, unet = pipe.encoder.config, pipe.unet.config
+    assert (encoder.stem_channels, encoder.norm_type, encoder.act_fn, encoder.token_output_act) == (64, "batch", "relu", True)
+    assert list(encoder.hidden_dim) == [4096, 256] and list(encoder.token_hidden_dim) == [256, 512]
+    assert unet.down_block_types == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]
+    assert list(unet.attention_head_dim) == [8] * 4 and unet.dropout == 0.1 and unet.resnet_time_scale_shift == "scale_shift"
+    assert json.loads((output / "training_report.json").read_text())["steps"] == 2

@@ -48,6 +48,7 @@ from diffusers_dyga.checkpointing import (
     save_pipeline,
 )
 from diffusers_dyga.data import factor_names, factor_sizes, image_channels, images_to_tensor, load_builtin, load_image_dataset
+from diffusers_dyga.encoder import as_widths
 from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
 from diffusers_dyga.training_utils import detail_weights, unit_kurtosis
@@ -64,17 +65,27 @@ PRESETS = {
         "encoder_channels": [32, 32, 64, 64],
         "encoder_hidden_dim": 256,
         "token_hidden_dim": 64,
+        "encoder_stem_channels": None,
+        "encoder_norm_type": "none",
+        "encoder_act_fn": "silu",
+        "token_output_act": False,
         "unit_noise": 0.3,
         "unit_whitening": True,
         "unit_kurtosis_weight": 0.03,
         "unet_channels": [32, 64, 64],
         "layers_per_block": 1,
         "max_attention_resolution": 16,
+        "attention_resolutions": None,
         "attention_head_channels": 32,
+        "attention_heads": None,
+        "unet_dropout": 0.0,
+        "resnet_time_scale_shift": "default",
         "train_batch_size": 32,
         "learning_rate": 1e-3,
         "encoder_learning_rate": 2e-4,
         "lr_warmup_steps": 100,
+        "adam_weight_decay": 0.0,
+        "max_grad_norm": 1.0,
         "num_train_timesteps": 1000,
         "beta_schedule": "linear",
         "beta_start": 1e-4,
@@ -87,6 +98,8 @@ PRESETS = {
         "token_dropout": 0.0,
         "guidance_scale": 1.0,
         "coordinate_input": True,
+        "skip_dropout_resolutions": None,
+        "use_ema": False,
         "ema_decay": 0.999,
         "dyga_every": 100,
         "dyga_samples": 2000,
@@ -99,20 +112,30 @@ PRESETS = {
         "resolution": 64,
         "num_units": 20,
         "unit_dim": 32,
-        "encoder_channels": [32, 32, 64, 64],
-        "encoder_hidden_dim": 256,
-        "token_hidden_dim": 64,
+        "encoder_channels": [128, 256, 256, 256],
+        "encoder_hidden_dim": [4096, 256],
+        "token_hidden_dim": [256, 512],
+        "encoder_stem_channels": 64,
+        "encoder_norm_type": "batch",
+        "encoder_act_fn": "relu",
+        "token_output_act": True,
         "unit_noise": 0.0,
         "unit_whitening": False,
         "unit_kurtosis_weight": 0.0,
         "unet_channels": [64, 128, 256, 256],
         "layers_per_block": 2,
         "max_attention_resolution": 16,
+        "attention_resolutions": [16, 8, 4],
         "attention_head_channels": 32,
+        "attention_heads": 8,
+        "unet_dropout": 0.1,
+        "resnet_time_scale_shift": "scale_shift",
         "train_batch_size": 512,
         "learning_rate": 1e-4,
         "encoder_learning_rate": 1e-4,
-        "lr_warmup_steps": 500,
+        "lr_warmup_steps": 0,
+        "adam_weight_decay": 0.01,
+        "max_grad_norm": 0.0,
         "num_train_timesteps": 1000,
         "beta_schedule": "scaled_linear",
         "beta_start": 0.0015,
@@ -125,6 +148,8 @@ PRESETS = {
         "token_dropout": 0.0,
         "guidance_scale": 1.0,
         "coordinate_input": False,
+        "skip_dropout_resolutions": [16, 8],
+        "use_ema": True,
         "ema_decay": 0.9999,
         "dyga_every": 2000,
         "dyga_samples": 10000,
@@ -134,6 +159,7 @@ PRESETS = {
         "dyga_max_components": 10,
     },
 }
+PRESETS["paper-pixel"] = {**PRESETS["paper"], "attention_resolutions": [16, 8], "skip_dropout_resolutions": [64, 32]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -237,10 +263,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr_warmup_steps", type=int, default=None)
     train.add_argument("--adam_beta1", type=float, default=0.9)
     train.add_argument("--adam_beta2", type=float, default=0.999)
-    train.add_argument("--adam_weight_decay", type=float, default=0.0)
+    train.add_argument("--adam_weight_decay", type=float, default=None)
     train.add_argument("--adam_epsilon", type=float, default=1e-8)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--use_ema", action="store_true", help="Keep an EMA of the U-Net and the encoder.")
+    train.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping norm (0: no clipping).")
+    train.add_argument(
+        "--use_ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Keep an EMA of the U-Net and the encoder (--no-use_ema: off).",
+    )
     train.add_argument("--ema_decay", type=float, default=None)
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     train.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -309,7 +340,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--detail_loss_weight must be in [0, 1], got {args.detail_loss_weight}.")
     if args.unit_noise < 0:
         parser.error(f"--unit_noise must be non-negative, got {args.unit_noise}.")
-    if args.attention_head_channels < 1 or any(c % args.attention_head_channels for c in args.unet_channels):
+    if args.attention_heads is None and (
+        args.attention_head_channels < 1 or any(c % args.attention_head_channels for c in args.unet_channels)
+    ):
         parser.error(
             f"--attention_head_channels {args.attention_head_channels} does not divide the U-Net widths {args.unet_channels}."
         )
@@ -322,6 +355,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.resolution % args.vae_scale:
             parser.error(f"--resolution {args.resolution} is not divisible by the VAE's downsampling factor {args.vae_scale}.")
     else:
+        if args.model_config == "paper":
+            parser.error(
+                "--model_config paper is the official configuration, which diffuses 16x16 latents of a VQ-f4 first "
+                "stage: pass --vae (a local VQModel folder), or use --model_config paper-pixel to train on pixels."
+            )
         args.vae_scale = 1
     unet_size = args.resolution // args.vae_scale
     if unet_size % 2 ** (len(args.unet_channels) - 1):
@@ -329,6 +367,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"The U-Net input is {unet_size}x{unet_size} (--resolution {args.resolution} / VAE factor {args.vae_scale}), "
             f"not divisible by 2**{len(args.unet_channels) - 1} for {len(args.unet_channels)} U-Net levels."
         )
+    level_sizes = [unet_size // 2**level for level in range(len(args.unet_channels))]
+    for name in ("attention_resolutions", "skip_dropout_resolutions"):
+        missing = sorted(set(getattr(args, name) or []) - set(level_sizes))
+        if missing:
+            parser.error(f"--{name} {missing}: the U-Net's levels are {level_sizes} wide (input {unet_size}x{unet_size}).")
     if args.resolution % 2 ** len(args.encoder_channels):
         parser.error(f"--resolution {args.resolution} must be divisible by {2 ** len(args.encoder_channels)} for the encoder.")
     return args
@@ -336,9 +379,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 POSITIVE_ARGUMENTS = (
     "resolution", "num_units", "unit_dim", "train_batch_size", "num_train_epochs", "gradient_accumulation_steps",
-    "learning_rate", "max_grad_norm", "checkpointing_steps", "validation_steps", "num_validation_images",
+    "learning_rate", "checkpointing_steps", "validation_steps", "num_validation_images",
     "validation_inference_steps", "dyga_every", "dyga_samples", "dyga_init_components", "dyga_max_components",
-    "num_train_timesteps", "encoder_hidden_dim", "token_hidden_dim", "layers_per_block", "max_attention_resolution",
+    "num_train_timesteps", "layers_per_block", "max_attention_resolution",
 )  # fmt: skip
 
 
@@ -351,10 +394,12 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name} must be positive, got {value}.")
-    for name in ("lr_warmup_steps", "control_num_sources", "eval_max_rows", "dataloader_num_workers", "adam_weight_decay"):
+    non_negative = ("lr_warmup_steps", "control_num_sources", "eval_max_rows", "dataloader_num_workers", "adam_weight_decay")
+    for name in (*non_negative, "max_grad_norm"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be non-negative, got {getattr(args, name)}.")
-    if any(width <= 0 for width in args.encoder_channels + args.unet_channels):
+    widths = [*args.encoder_channels, *args.unet_channels, *as_widths(args.encoder_hidden_dim), *as_widths(args.token_hidden_dim)]
+    if any(width <= 0 for width in widths):
         parser.error("Every encoder and U-Net width must be positive.")
     if not 0 <= args.skip_dropout < 1:
         parser.error(f"--skip_dropout must be in [0, 1), got {args.skip_dropout}.")
@@ -407,6 +452,14 @@ def prepare_images(images: list[PIL.Image.Image], resolution: int, channels: int
     return images_to_tensor(prepared)
 
 
+def attends(args: argparse.Namespace, size: int) -> bool:
+    """Whether the U-Net level of this spatial size has cross-attention: one of `attention_resolutions`, else at
+    most `max_attention_resolution`."""
+    if args.attention_resolutions is not None:
+        return size in args.attention_resolutions
+    return size <= args.max_attention_resolution
+
+
 def build_models(args: argparse.Namespace, in_channels: int, latent_channels: int):
     encoder = DisentangledEncoder(
         sample_size=args.resolution,
@@ -418,9 +471,17 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         token_hidden_dim=args.token_hidden_dim,
         unit_noise=args.unit_noise,
         unit_whitening=args.unit_whitening,
+        stem_channels=args.encoder_stem_channels,
+        norm_type=args.encoder_norm_type,
+        act_fn=args.encoder_act_fn,
+        token_output_act=args.token_output_act,
     )
     size = args.resolution // args.vae_scale
-    attention = [size // 2**level <= args.max_attention_resolution for level in range(len(args.unet_channels))]
+    attention = [attends(args, size // 2**level) for level in range(len(args.unet_channels))]
+    if args.attention_heads is not None:
+        heads = (args.attention_heads,) * len(args.unet_channels)
+    else:
+        heads = tuple(channels // args.attention_head_channels for channels in args.unet_channels)
     unet = SkipDropoutUNet(
         sample_size=size,
         in_channels=latent_channels,
@@ -431,8 +492,10 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         cross_attention_dim=args.unit_dim,
         # UNet2DConditionModel reads `attention_head_dim` as the number of heads (a known diffusers naming quirk).
-        attention_head_dim=tuple(channels // args.attention_head_channels for channels in args.unet_channels),
+        attention_head_dim=heads,
         norm_num_groups=min(32, args.unet_channels[0]),
+        dropout=args.unet_dropout,
+        resnet_time_scale_shift=args.resnet_time_scale_shift,
         skip_dropout=args.skip_dropout,
         skip_dropout_resolutions=args.skip_dropout_resolutions,
         coordinate_input=args.coordinate_input,
@@ -496,8 +559,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
 RESUME_SETTINGS = (
     "resolution", "vae", "num_units", "unit_dim", "encoder_channels", "encoder_hidden_dim", "token_hidden_dim",
+    "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unet_channels", "layers_per_block",
-    "max_attention_resolution", "attention_head_channels", "coordinate_input", "skip_dropout",
+    "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
+    "resnet_time_scale_shift", "coordinate_input", "skip_dropout",
     "skip_dropout_resolutions", "token_dropout", "dyga", "dyga_every", "dyga_samples", "dyga_fit_space",
     "dyga_selection_criterion", "dyga_init_components", "dyga_max_components", "dyga_lambda_mode", "dyga_lambda",
     "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "timestep_bias_power", "prediction_type", "loss",
@@ -1012,7 +1077,7 @@ def main(args: argparse.Namespace) -> str:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     parameters = list(encoder.parameters()) + list(unet.parameters())
-                    grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm or math.inf)
                     if args.mixed_precision != "fp16" and grad_norm is not None and not torch.isfinite(grad_norm):
                         stop_diverged_run(
                             args, global_step + 1, f"the gradient norm is {grad_norm.item()}", lr_scheduler.get_last_lr()[0]
