@@ -81,8 +81,23 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         selection_criterion (`str`, defaults to `"bic"`): what a number of components must lower: `"bic"` (fit of the
             density) or `"icl"` (BIC plus twice the entropy of the assignments, which also asks the components to be
             apart: a skewed cluster stays one component instead of two overlapping ones).
+        structure (`str`, defaults to `"search"`): how the number of components is found. `"search"`: ours, as above.
+            `"official"`: the official code's rules (Jun et al., `DyGA.py`), with its random draws seeded: per unit,
+            `init_components` components started at random samples with identity covariances, a fixed
+            `max_iterations` EM iterations; then split rounds while fewer than `max_split_rounds` splits are done and
+            fewer than `max_components` components exist: every component whose points (responsibility > 0.5) lie
+            farther than `split_threshold` from their mean on average, or that a coin of probability
+            `split_probability` picks, is replaced by a 2-component EM fit on its points; components with fewer than
+            `min_component_points` points are pruned; a final `max_iterations` of EM. Features are normalised to
+            `(x - max) / (max - min)` per unit, as there. The official code removes a split component by index while
+            the indices of the others still to be split shift; here components keep their slots, so the chosen ones
+            are split. There, a round in which no chosen component has two points of its own repeats forever; here it
+            ends the splitting. Use with `covariance_type="full"`, `init_components=8`, `max_components=32`,
+            `max_iterations=30` for the official setting.
         lambda_mode (`str`): `"adaptive"` (the paper's `lambda_value * exp(-mean |(c - mu) / c|)`, computed per token
-            so results do not depend on batch composition) or `"fixed"` (`lambda_value`).
+            so results do not depend on batch composition, not differentiated), `"batch"` (the official form: one
+            lambda for the whole batch, the mean taken over every unit and entry with `c + 1e-6` as the denominator,
+            differentiated) or `"fixed"` (`lambda_value`).
         lambda_value (`float`): the fixed lambda, or the scale of the adaptive one (paper: 0.1).
         min_weight (`float`): components with less mixture weight are pruned.
         variance_floor (`float`): added to every variance in the normalised space, so collapsed units and
@@ -92,7 +107,9 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         tolerance (`float`): EM stops when the mean log-likelihood per sample changes less than this.
         max_fit_samples (`int`): structure search runs on at most this many samples (a seeded subset); the final EM
             uses all of them.
-        seed (`int`): seed of the subset and of the k-means++ initialisation.
+        seed (`int`): seed of the subset and of the k-means++ initialisation (of every random draw in `"official"`).
+        split_threshold, split_probability, max_split_rounds, min_component_points: the `"official"` split and prune
+            rules (0.5, 0.5, 3 and 10 there).
     """
 
     @register_to_config
@@ -114,6 +131,11 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         tolerance: float = 1e-3,
         max_fit_samples: int = 20000,
         seed: int = 0,
+        structure: str = "search",
+        split_threshold: float = 0.5,
+        split_probability: float = 0.5,
+        max_split_rounds: int = 3,
+        min_component_points: int = 10,
     ):
         super().__init__()
         if covariance_type not in ("diag", "full"):
@@ -122,8 +144,12 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"fit_space must be 'tokens' or 'principal', got {fit_space!r}.")
         if selection_criterion not in ("bic", "icl"):
             raise ValueError(f"selection_criterion must be 'bic' or 'icl', got {selection_criterion!r}.")
-        if lambda_mode not in ("adaptive", "fixed"):
-            raise ValueError(f"lambda_mode must be 'adaptive' or 'fixed', got {lambda_mode!r}.")
+        if lambda_mode not in ("adaptive", "batch", "fixed"):
+            raise ValueError(f"lambda_mode must be 'adaptive', 'batch' or 'fixed', got {lambda_mode!r}.")
+        if structure not in ("search", "official"):
+            raise ValueError(f"structure must be 'search' or 'official', got {structure!r}.")
+        if structure == "official" and fit_space != "tokens":
+            raise ValueError("structure='official' fits the tokens; it takes fit_space='tokens'.")
         if not 1 <= init_components <= max_components:
             raise ValueError(f"Need 1 <= init_components ({init_components}) <= max_components ({max_components}).")
         covariance_shape = (unit_dim,) if covariance_type == "diag" else (unit_dim, unit_dim)
@@ -171,13 +197,21 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         if tokens.shape[0] < 2:
             raise ValueError(f"DyGAAnchorer.fit needs at least 2 samples, got {tokens.shape[0]}.")
         features = tokens.detach().to(dtype=torch.float32)
-        mean = features.mean(dim=0)
-        std = features.std(dim=0)
-        scale = torch.where(std > 1e-8 * (1.0 + mean.abs()), std, torch.ones_like(std))
+        if self.config.structure == "official":
+            largest, smallest = features.amax(dim=(0, 2)), features.amin(dim=(0, 2))
+            mean = largest[:, None].expand_as(features[0]).clone()
+            scale = (largest - smallest + 1e-6)[:, None].expand_as(features[0]).clone()
+        else:
+            mean = features.mean(dim=0)
+            std = features.std(dim=0)
+            scale = torch.where(std > 1e-8 * (1.0 + mean.abs()), std, torch.ones_like(std))
         normalised = ((features - mean) / scale).transpose(0, 1).contiguous()
         diagonal = self.config.covariance_type == "diag"
 
-        if self.config.fit_space == "tokens":
+        if self.config.structure == "official":
+            generator = torch.Generator(device=normalised.device).manual_seed(self.config.seed)
+            state = MixtureState.cat([self._official(unit[None], generator, diagonal) for unit in normalised])
+        elif self.config.fit_space == "tokens":
             state = self._search(normalised, diagonal)
         else:
             axis = self._principal_axis(normalised)
@@ -274,6 +308,82 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         state, _ = self._em(points, state, self.config.max_iterations)
         return state
 
+    def _official(self, points: torch.Tensor, generator: torch.Generator, diagonal: bool) -> MixtureState:
+        """The official rules (see `structure`) on one unit's points `(1, num_samples, dim)`."""
+        _, num_samples, dim = points.shape
+        config = self.config
+        state = self._random_start(points, config.init_components, generator, diagonal)
+        state, log_prob = self._em(points, state, config.max_iterations, tolerance=0.0)
+        splits = 0
+        while splits < config.max_split_rounds and int(state.active.sum()) < config.max_components:
+            members = torch.softmax(log_prob, dim=2)[0] > 0.5
+            coins = torch.rand(config.max_components, generator=generator, device=points.device) < config.split_probability
+            chosen = state.active[0] & ((self._member_spread(points[0], members) > config.split_threshold) | coins)
+            if not chosen.any():
+                break
+            split_this_round = False
+            for slot in chosen.nonzero()[:, 0].tolist():
+                free = (~state.active[0]).nonzero()[:, 0]
+                if len(free) == 0:
+                    break
+                members = torch.softmax(self._log_prob(points, state), dim=2)[0, :, slot] > 0.5
+                if int(members.sum()) < 2:
+                    continue
+                split_this_round = True
+                cluster = points[:, members]
+                children = self._random_start(cluster, 2, generator, diagonal, max_components=2)
+                children, _ = self._em(cluster, children, config.max_iterations, tolerance=0.0)
+                for target, child in ((slot, 0), (int(free[0]), 1)):
+                    state.means[0, target] = children.means[0, child]
+                    state.covariances[0, target] = children.covariances[0, child]
+                    state.weights[0, target] = children.weights[0, child] / 2
+                    state.active[0, target] = True
+                state.weights = state.weights / state.weights.sum(1, keepdim=True)
+                log_prob = self._log_prob(points, state)
+                spread = self._member_spread(points[0], torch.softmax(log_prob, dim=2)[0] > 0.5)
+                if (spread[state.active[0]] <= config.split_threshold).all():
+                    break
+                splits += 1
+            if not split_this_round:
+                break
+        counts = torch.softmax(self._log_prob(points, state), dim=2)[0].sum(0)
+        keep = state.active & (counts >= config.min_component_points)[None]
+        keep[0, counts.masked_fill(~state.active[0], -1).argmax()] = True
+        weights = torch.where(keep, state.weights, torch.zeros_like(state.weights))
+        state = MixtureState(state.means, state.covariances, weights / weights.sum(1, keepdim=True), keep)
+        state, _ = self._em(points, state, config.max_iterations, tolerance=0.0)
+        return state
+
+    @staticmethod
+    def _member_spread(points: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """Mean distance of each component's member points `(num_samples, dim)` to their mean, `(K,)`; members
+        `(num_samples, K)` bool. A component without members scores 0."""
+        mask = members.float()
+        count = mask.sum(0)
+        centre = (mask.T @ points) / count.clamp_min(1)[:, None]
+        distance = torch.cdist(points, centre)
+        return (mask * distance).sum(0) / count.clamp_min(1)
+
+    def _random_start(
+        self,
+        points: torch.Tensor,
+        num_components: int,
+        generator: torch.Generator,
+        diagonal: bool,
+        max_components: int | None = None,
+    ) -> MixtureState:
+        """`num_components` means at random samples of `(1, num_samples, dim)` points, identity covariances, equal
+        weights, in `max_components` slots (default: the config's)."""
+        _, num_samples, dim = points.shape
+        slots = max_components or self.config.max_components
+        chosen = torch.randperm(num_samples, generator=generator, device=points.device)[:num_components]
+        means = points.new_zeros(1, slots, dim)
+        means[0, : len(chosen)] = points[0, chosen]
+        covariances = points.new_ones(1, slots, dim) if diagonal else torch.eye(dim, device=points.device).repeat(1, slots, 1, 1)
+        active = torch.zeros(1, slots, dtype=torch.bool, device=points.device)
+        active[0, : len(chosen)] = True
+        return MixtureState(means, covariances, active.float() / len(chosen), active)
+
     def _initial_state(self, points: torch.Tensor, generator: torch.Generator, diagonal: bool) -> MixtureState:
         """k-means++ seeding of `init_components` means per unit; points `(num_units, num_samples, dim)`."""
         num_units, num_samples, dim = points.shape
@@ -328,16 +438,20 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         log_weights = torch.where(state.active, state.weights.clamp_min(1e-30).log(), -torch.inf)
         return log_density + log_weights[:, None, :]
 
-    def _em(self, points: torch.Tensor, state: MixtureState, iterations: int) -> tuple[MixtureState, torch.Tensor]:
-        """Runs EM on each mixture's points `(num_mixtures, num_samples, dim)`; returns the state and its
+    def _em(
+        self, points: torch.Tensor, state: MixtureState, iterations: int, tolerance: float | None = None
+    ) -> tuple[MixtureState, torch.Tensor]:
+        """Runs EM on each mixture's points `(num_mixtures, num_samples, dim)`, stopping early when the mean
+        log-likelihood moves less than `tolerance` (default: the config's; 0: never); returns the state and its
         `_log_prob` of the points, `(num_mixtures, num_samples, K)`."""
+        tolerance = self.config.tolerance if tolerance is None else tolerance
         num_samples = points.shape[1]
         squares = points.square()
         previous = None
         for _ in range(iterations):
             log_prob = self._log_prob(points, state, squares)
             log_likelihood = torch.logsumexp(log_prob, dim=2).sum(1)
-            if previous is not None and ((log_likelihood - previous).abs() / num_samples).max() < self.config.tolerance:
+            if previous is not None and ((log_likelihood - previous).abs() / num_samples).max() < tolerance:
                 return state, log_prob
             previous = log_likelihood
             state = self._m_step(points, squares, torch.softmax(log_prob, dim=2), state.active, state.diagonal)
@@ -483,13 +597,16 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
     def align(self, tokens: torch.Tensor, lambda_value: float | None = None) -> torch.Tensor:
         """Pulls tokens `(batch, num_units, unit_dim)` toward their anchors: `lam * anchor + (1 - lam) * tokens`.
 
-        `lam` is `(batch, num_units, 1)` in the adaptive mode and is not differentiated; gradients flow to `tokens`.
+        `lam` is `(batch, num_units, 1)` in the adaptive mode and is not differentiated; in the batch mode it is one
+        scalar for the whole batch, differentiated through `tokens`, as in the official code.
         `lambda_value` overrides the configured value for this call.
         """
         anchors = self.anchors(tokens)
         scale = self.config.lambda_value if lambda_value is None else lambda_value
         if self.config.lambda_mode == "fixed":
             lam = torch.full_like(tokens[..., :1], scale)
+        elif self.config.lambda_mode == "batch":
+            lam = scale * torch.exp(-((tokens - anchors) / (tokens + 1e-6)).abs().mean())
         else:
             with torch.no_grad():
                 relative = ((tokens - anchors) / tokens.abs().clamp_min(1e-6)).abs().mean(-1, keepdim=True)

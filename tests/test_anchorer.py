@@ -206,3 +206,52 @@ def test_corrupt_checkpoint_raises(tmp_path):
     weights.write_bytes(weights.read_bytes()[:40])
     with pytest.raises(Exception, match="(?i)safetensors|header|deserializ|invalid|unable"):
         DyGAAnchorer.from_pretrained(tmp_path)
+
+
+OFFICIAL = dict(
+    structure="official", covariance_type="full", init_components=8, max_components=32, max_iterations=30, seed=3
+)  # fmt: skip
+
+
+def test_official_rules_split_past_the_planted_clusters_but_never_mix_two():
+    points, labels, _ = planted_mixtures(num_samples=2000)
+    official = DyGAAnchorer(num_units=4, unit_dim=8, **OFFICIAL).fit(points)
+    again = DyGAAnchorer(num_units=4, unit_dim=8, **OFFICIAL).fit(points)
+    for name, buffer in official.named_buffers():
+        assert torch.equal(buffer, dict(again.named_buffers())[name]), name
+    counts = official.num_components.tolist()
+    assert all(5 <= count <= 32 for count in counts) and counts != [5, 5, 5, 5]
+    assigned = official.assign(points)
+    for unit in range(4):
+        for component in assigned[:, unit].unique():
+            assert labels[assigned[:, unit] == component, unit].unique().numel() == 1
+        assert adjusted_rand_score(labels[:, unit], assigned[:, unit]) > 0.3
+    largest, smallest = points.amax(dim=(0, 2)), points.amin(dim=(0, 2))
+    torch.testing.assert_close(official.feature_mean[:, 0], largest)
+    torch.testing.assert_close(official.feature_scale[:, 0], largest - smallest + 1e-6)
+    anchors = official.anchors(points)
+    assert (anchors - points).norm(dim=-1).mean() < (points - points.mean(0)).norm(dim=-1).mean() / 4
+
+
+def test_official_rules_prune_components_with_few_points():
+    points, _, _ = planted_mixtures(num_samples=400, num_units=1, num_clusters=2)
+    anchorer = DyGAAnchorer(num_units=1, unit_dim=8, **{**OFFICIAL, "min_component_points": 150}).fit(points)
+    counts = torch.softmax(anchorer._log_prob(anchorer._normalise(points).transpose(0, 1), anchorer._state()), 2)[0].sum(0)
+    assert anchorer.num_components.item() >= 1 and (counts[anchorer.active[0]] >= 100).all()
+
+
+def test_batch_lambda_is_one_differentiated_scalar_per_batch():
+    points, _, _ = planted_mixtures(num_samples=500)
+    anchorer = DyGAAnchorer(num_units=4, unit_dim=8, lambda_mode="batch").fit(points)
+    tokens = points[:16].clone().requires_grad_(True)
+    reference = points[:16].clone().requires_grad_(True)
+    anchors = anchorer.anchors(tokens)
+    expected_lambda = 0.1 * torch.exp(-((reference - anchors) / (reference + 1e-6)).abs().mean())
+    expected = expected_lambda * anchors + (1 - expected_lambda) * reference
+    aligned = anchorer.align(tokens)
+    torch.testing.assert_close(aligned, expected)
+    aligned.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(tokens.grad, reference.grad)
+    without_lambda_gradient = expected_lambda.detach() * anchors + (1 - expected_lambda.detach()) * reference
+    assert not torch.allclose(torch.autograd.grad(without_lambda_gradient.square().sum(), reference)[0], tokens.grad)

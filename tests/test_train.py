@@ -324,4 +324,7 @@ def test_paper_pixel_preset_is_the_official_architecture_and_trains_end_to_end(t
     assert list(encoder.hidden_dim) == [4096, 256] and list(encoder.token_hidden_dim) == [256, 512]
     assert unet.down_block_types == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]
     assert list(unet.attention_head_dim) == [8] * 4 and unet.dropout == 0.1 and unet.resnet_time_scale_shift == "scale_shift"
+    assert (pipe.anchorer.config.structure, pipe.anchorer.config.lambda_mode, pipe.anchorer.config.covariance_type) == (
+        "official", "batch", "full"
+    )  # fmt: skip
     assert json.loads((output / "training_report.json").read_text())["steps"] == 2

@@ -103,10 +103,14 @@ PRESETS = {
         "ema_decay": 0.999,
         "dyga_every": 100,
         "dyga_samples": 2000,
+        "dyga_structure": "search",
         "dyga_fit_space": "principal",
         "dyga_selection_criterion": "icl",
+        "dyga_covariance_type": "diag",
         "dyga_init_components": 1,
         "dyga_max_components": 10,
+        "dyga_max_iterations": 100,
+        "dyga_lambda_mode": "adaptive",
     },
     "paper": {
         "resolution": 64,
@@ -153,10 +157,14 @@ PRESETS = {
         "ema_decay": 0.9999,
         "dyga_every": 2000,
         "dyga_samples": 10000,
+        "dyga_structure": "official",
         "dyga_fit_space": "tokens",
         "dyga_selection_criterion": "bic",
-        "dyga_init_components": 4,
-        "dyga_max_components": 10,
+        "dyga_covariance_type": "full",
+        "dyga_init_components": 8,
+        "dyga_max_components": 32,
+        "dyga_max_iterations": 30,
+        "dyga_lambda_mode": "batch",
     },
 }
 PRESETS["paper-pixel"] = {**PRESETS["paper"], "attention_resolutions": [16, 8], "skip_dropout_resolutions": [64, 32]}
@@ -217,6 +225,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dyga_every", type=int, default=None, help="Refit the anchorer every this many steps.")
     model.add_argument("--dyga_samples", type=int, default=None, help="Images whose tokens each refit uses.")
     model.add_argument(
+        "--dyga_structure",
+        choices=["search", "official"],
+        default=None,
+        help="How DyGA finds each unit's components: our criterion search, or the official code's split rules.",
+    )
+    model.add_argument(
         "--dyga_fit_space",
         choices=["tokens", "principal"],
         default=None,
@@ -230,7 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--dyga_init_components", type=int, default=None, help="Used by the token-space search only.")
     model.add_argument("--dyga_max_components", type=int, default=None)
-    model.add_argument("--dyga_lambda_mode", choices=["adaptive", "fixed"], default="adaptive")
+    model.add_argument("--dyga_lambda_mode", choices=["adaptive", "batch", "fixed"], default=None)
     model.add_argument("--dyga_lambda", type=float, default=0.1)
     model.add_argument("--num_train_timesteps", type=int, default=None)
     model.add_argument("--beta_schedule", default=None, choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
@@ -505,6 +519,9 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         unit_dim=args.unit_dim,
         max_components=args.dyga_max_components,
         init_components=args.dyga_init_components,
+        covariance_type=args.dyga_covariance_type,
+        max_iterations=args.dyga_max_iterations,
+        structure=args.dyga_structure,
         fit_space=args.dyga_fit_space,
         selection_criterion=args.dyga_selection_criterion,
         lambda_mode=args.dyga_lambda_mode,
@@ -563,7 +580,8 @@ RESUME_SETTINGS = (
     "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "skip_dropout",
-    "skip_dropout_resolutions", "token_dropout", "dyga", "dyga_every", "dyga_samples", "dyga_fit_space",
+    "skip_dropout_resolutions", "token_dropout", "dyga", "dyga_every", "dyga_samples", "dyga_structure",
+    "dyga_covariance_type", "dyga_max_iterations", "dyga_fit_space",
     "dyga_selection_criterion", "dyga_init_components", "dyga_max_components", "dyga_lambda_mode", "dyga_lambda",
     "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "timestep_bias_power", "prediction_type", "loss",
     "detail_loss_weight", "train_batch_size", "gradient_accumulation_steps", "use_ema", "ema_decay", "seed",
@@ -802,7 +820,12 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
     total_batch = args.train_batch_size * num_processes * args.gradient_accumulation_steps
     if args.dyga:
         criterion = {"bic": "BIC", "icl": "ICL (BIC plus the entropy of the assignments)"}[args.dyga_selection_criterion]
-        if args.dyga_fit_space == "principal":
+        if args.dyga_structure == "official":
+            components = (
+                f"the official rules: {args.dyga_init_components} Gaussians per unit started at random tokens, split "
+                f"by density or at random up to {args.dyga_max_components}, components under 10 tokens pruned"
+            )
+        elif args.dyga_fit_space == "principal":
             components = (
                 f"each unit's number of Gaussians (at most {args.dyga_max_components}) chosen by {criterion} on the "
                 "first principal direction of its tokens"
@@ -812,11 +835,11 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
                 f"{args.dyga_init_components} Gaussians per unit to start with, split and merged by {criterion} up to "
                 f"at most {args.dyga_max_components}, over the unit's tokens"
             )
-        strength = (
-            "the paper's adaptive pull 0.1 exp(-mean |(c - mu) / c|)"
-            if args.dyga_lambda_mode == "adaptive"
-            else f"a fixed pull of {args.dyga_lambda}"
-        )
+        strength = {
+            "adaptive": "the paper's pull 0.1 exp(-mean |(c - mu) / c|) per token",
+            "batch": "the official pull 0.1 exp(-mean |(c - mu) / c|), one per batch",
+            "fixed": f"a fixed pull of {args.dyga_lambda}",
+        }[args.dyga_lambda_mode]
         dyga_summary = f"refitted every {args.dyga_every} steps on {args.dyga_samples} images, {components}, {strength}"
     else:
         dyga_summary = "off"
