@@ -11,6 +11,7 @@ from accelerate.state import AcceleratorState
 from huggingface_hub.utils import filter_repo_objects
 
 from diffusers_dyga import DisentangledDiffusionPipeline
+from diffusers_dyga.data import load_builtin
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_scripts" / "train.py"
@@ -240,7 +241,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         train.parse_args(tiny_args(tmp_path / "out", cache_dir, "--vae", str(tmp_path)))
     assert "no config.json" in capsys.readouterr().err
 
-    shapes = train.load_builtin("shapes", resolution=16, factor_sizes=(1, 1, 2, 1, 2, 1), cache_dir=cache_dir)
+    shapes = load_builtin("shapes", resolution=16, factor_sizes=(1, 1, 2, 1, 2, 1), cache_dir=cache_dir)
     shapes.rename_column("image", "picture").save_to_disk(str(tmp_path / "no-image-column"))
     no_image = tiny_args(tmp_path / "never", cache_dir)
     no_image[0:2] = ["--dataset_name", str(tmp_path / "no-image-column")]
@@ -253,7 +254,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
 
 
 def test_an_unlabelled_image_folder_trains_with_the_defaults(tmp_path, cache_dir):
-    shapes = train.load_builtin("shapes", resolution=16, factor_sizes=(2, 2, 2, 1, 2, 1), cache_dir=cache_dir)
+    shapes = load_builtin("shapes", resolution=16, factor_sizes=(2, 2, 2, 1, 2, 1), cache_dir=cache_dir)
     folder = tmp_path / "my_images"
     folder.mkdir()
     for index, row in enumerate(shapes):

@@ -47,10 +47,11 @@ from diffusers_dyga.checkpointing import (
     save_checkpoint,
     save_pipeline,
 )
-from diffusers_dyga.data import factor_names, factor_sizes, image_channels, images_to_tensor, load_builtin, load_image_dataset
+from diffusers_dyga.data import factor_names, factor_sizes, image_channels
 from diffusers_dyga.encoder import as_widths
 from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
+from diffusers_dyga.training_data import add_data_arguments, check_data_arguments, load_training_data, prepare_images
 from diffusers_dyga.training_utils import detail_weights, unit_kurtosis
 
 logger = get_logger(__name__)
@@ -172,14 +173,7 @@ PRESETS["paper-pixel"] = {**PRESETS["paper"], "attention_resolutions": [16, 8], 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=None, help="builtin:shapes or builtin:dsprites (factors known).")
-    data.add_argument("--dataset_name", default=None, help="A Hub dataset id or local path loadable with datasets.")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--factor_sizes", type=int, nargs="+", default=None, help="Factor sizes of a builtin dataset.")
-    data.add_argument("--resolution", type=int, default=None)
-    data.add_argument("--cache_dir", default=None, help="Where generated datasets are cached.")
+    data = add_data_arguments(parser)
     data.add_argument("--vae", default=None, help="Local AutoencoderKL or VQModel folder: train in its latent space.")
     model = parser.add_argument_group("model")
     model.add_argument("--model_config", default="tiny", help=f"Preset: {', '.join(PRESETS)}.")
@@ -321,10 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     if args.model_config not in PRESETS:
         parser.error(f"Unknown --model_config {args.model_config!r}; choose one of {', '.join(PRESETS)}.")
-    if (args.dataset is None) == (args.dataset_name is None):
-        parser.error("Pass exactly one of --dataset (builtin:shapes, builtin:dsprites) and --dataset_name.")
-    if args.dataset is not None and not args.dataset.startswith("builtin:"):
-        parser.error(f"--dataset takes builtin:shapes or builtin:dsprites, got {args.dataset!r}; use --dataset_name.")
+    check_data_arguments(parser, args)
     preset = PRESETS[args.model_config]
     for name, value in preset.items():
         if getattr(args, name, None) is None:
@@ -439,31 +430,6 @@ def read_vae_config(path: str) -> dict:
     if config.get("_class_name") not in ("AutoencoderKL", "VQModel"):
         raise ValueError(f"expected an AutoencoderKL or VQModel, got {config.get('_class_name')}.")
     return config
-
-
-def load_training_data(args: argparse.Namespace) -> datasets.Dataset:
-    if args.dataset is not None:
-        options = {"resolution": args.resolution, "cache_dir": args.cache_dir}
-        if args.factor_sizes is not None:
-            options["factor_sizes"] = tuple(args.factor_sizes)
-        return load_builtin(args.dataset.split(":", 1)[1], **options)
-    load_kwargs = {"name": args.dataset_config_name} if args.dataset_config_name else {}
-    return load_image_dataset(args.dataset_name, image_column=args.image_column, **load_kwargs)
-
-
-def prepare_images(images: list[PIL.Image.Image], resolution: int, channels: int) -> torch.Tensor:
-    """Dataset images -> `(B, channels, resolution, resolution)` in [-1, 1]; other sizes are centre-cropped to a
-    square and resized, as in the diffusers example scripts."""
-    mode = "L" if channels == 1 else "RGB"
-    prepared = []
-    for image in images:
-        image = image.convert(mode) if image.mode != mode else image
-        if image.size != (resolution, resolution):
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), PIL.Image.BICUBIC)
-        prepared.append(image)
-    return images_to_tensor(prepared)
 
 
 def attends(args: argparse.Namespace, size: int) -> bool:

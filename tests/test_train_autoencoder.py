@@ -1,0 +1,67 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from diffusers import AutoencoderKL, VQModel
+
+from diffusers_dyga import DisentangledDiffusionPipeline
+
+from .test_train import tiny_args, train
+
+SCRIPT = Path(__file__).resolve().parents[1] / "train_scripts" / "train_autoencoder.py"
+spec = importlib.util.spec_from_file_location("dyga_train_autoencoder", SCRIPT)
+train_autoencoder = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_autoencoder)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def first_stage_args(output, cache_dir, *extra) -> list[str]:
+    return [
+        "--dataset", "builtin:shapes", "--factor_sizes", "2", "2", "2", "1", "2", "1", "--cache_dir", cache_dir,
+        "--block_out_channels", "8", "16", "16", "--layers_per_block", "1", "--num_vq_embeddings", "64",
+        "--train_batch_size", "8", "--learning_rate", "1e-3", "--output_dir", str(output), *extra,
+    ]  # fmt: skip
+
+
+def first_stage(output, cache_dir, *extra) -> dict:
+    """Trains a first stage into `output` and returns its training report."""
+    train_autoencoder.main(train_autoencoder.parse_args(first_stage_args(output, cache_dir, *extra)))
+    AcceleratorState._reset_state(True)
+    return json.loads((output / "training_report.json").read_text())
+
+
+@pytest.mark.parametrize("model_type, model_class", [("vq", VQModel), ("kl", AutoencoderKL)])
+def test_first_stage_trains_reports_psnr_and_scales_its_latents(tmp_path, model_type, model_class):
+    cache_dir = str(tmp_path / "cache")
+    common = ["--resolution", "16", "--model_type", model_type]
+    short = first_stage(tmp_path / "short", cache_dir, "--max_train_steps", "2", *common)
+    longer = first_stage(tmp_path / "longer", cache_dir, "--max_train_steps", "60", *common)
+    assert longer["psnr"] > short["psnr"] + 1
+    model = model_class.from_pretrained(tmp_path / "longer")
+    assert model.config.scaling_factor == pytest.approx(1 / longer["latent_std"])
+    assert model.config.block_out_channels == [8, 16, 16] and model.config.latent_channels == 3
+
+
+def test_paper_preset_trains_end_to_end_through_the_first_stage(tmp_path):
+    cache_dir = str(tmp_path / "cache")
+    first_stage(tmp_path / "vq", cache_dir, "--resolution", "64", "--max_train_steps", "2")
+    output = tmp_path / "paper"
+    args = tiny_args(output, cache_dir, "--model_config", "paper", "--vae", str(tmp_path / "vq"), "--control_num_sources", "0")
+    args[args.index("--resolution") + 1] = "64"
+    args[args.index("--max_train_steps") + 1] = "2"
+    args[args.index("--dyga_every") + 1] = "2"
+    train.main(train.parse_args(args))
+    pipe = DisentangledDiffusionPipeline.from_pretrained(output)
+    assert isinstance(pipe.vae, VQModel) and pipe.unet.config.sample_size == 16
+    assert pipe.unet.config.skip_dropout_resolutions == [16, 8] and pipe.anchorer.config.structure == "official"
+    images = pipe(images=torch.zeros(1, 3, 64, 64), num_inference_steps=2, output_type="pt").images
+    assert images.shape == (1, 3, 64, 64)
