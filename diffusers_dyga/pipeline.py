@@ -3,7 +3,7 @@
 import inspect
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -90,6 +90,7 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "encoder->unet->vae"
     _optional_components = ["anchorer", "vae"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -250,8 +251,11 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
         guidance_scale: float | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: Callable[["DisentangledDiffusionPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ) -> DisentangledDiffusionPipelineOutput | tuple:
         """
         Renders images from the units of `images`, from `units` `(batch, num_units)`, or, with neither, from
@@ -262,16 +266,30 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         each step's prediction is `uncond + guidance_scale * (cond - uncond)`, where `uncond` reads all-zero tokens,
         the null condition the U-Net learned under token dropout.
 
+        As in diffusers pipelines: `latents` `(batch, channels, size, size)` replaces the initial noise (one per
+        rendered image); `callback_on_step_end(pipe, step, timestep, callback_kwargs)` runs after every denoising step
+        with the tensors named in `callback_on_step_end_tensor_inputs` (of `_callback_tensor_inputs`) and may return
+        replacements for them.
+
         Returns a [`DisentangledDiffusionPipelineOutput`] (images, units, tokens), or a tuple of them.
         """
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         check_guidance_scale(guidance_scale)
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among {self._callback_tensor_inputs}."
+            )
         with torch.no_grad(), eval_mode(self.encoder, self.unet, self.vae):
             return self._render(
-                images, units, num_images, num_inference_steps, generator, eta, guidance_scale, output_type, return_dict
-            )
+                images, units, num_images, num_inference_steps, generator, eta, guidance_scale, latents, output_type,
+                return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            )  # fmt: skip
 
-    def _render(self, images, units, num_images, num_inference_steps, generator, eta, guidance_scale, output_type, return_dict):
+    def _render(
+        self, images, units, num_images, num_inference_steps, generator, eta, guidance_scale, latents, output_type,
+        return_dict, callback_on_step_end, callback_tensor_inputs,
+    ):  # fmt: skip
         if images is not None and units is not None:
             raise ValueError("Pass either `images` or `units`, not both.")
         if num_inference_steps < 1 or num_images < 1:
@@ -302,13 +320,18 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
 
         size = self.unet.config.sample_size
         shape = (batch_size, self.unet.config.in_channels, size, size)
-        latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (one per rendered image), got {tuple(latents.shape)}.")
+        else:
+            latents = latents.to(device=self._execution_device, dtype=self.unet.dtype)
         latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         guided = guidance_scale > 1
         conditioning = torch.cat([torch.zeros_like(tokens), tokens]) if guided else tokens
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
             model_input = torch.cat([model_input] * 2) if guided else model_input
             noise_pred = self.unet(model_input, t, encoder_hidden_states=conditioning).sample
@@ -316,6 +339,9 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                callback_kwargs = {name: {"latents": latents}[name] for name in callback_tensor_inputs}
+                latents = callback_on_step_end(self, step, t, callback_kwargs).pop("latents", latents)
 
         if self.vae is not None:
             scaling = getattr(self.vae.config, "scaling_factor", 1.0) or 1.0

@@ -107,6 +107,30 @@ def test_generator_lists_hold_one_generator_per_image(pipeline):
     torch.testing.assert_close(pair.images[1], alone.images[0])
 
 
+def test_latents_and_callback_on_step_end_follow_the_diffusers_contract(pipeline):
+    units = pipeline.encode(random_images(2))
+    latents = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    given = pipeline(units=units, num_inference_steps=3, latents=latents, output_type="pt")
+    same_noise = pipeline(units=units, num_inference_steps=3, generator=torch.Generator().manual_seed(5), output_type="pt")
+    torch.testing.assert_close(given.images, same_noise.images)
+    with pytest.raises(ValueError, match=r"latents must have shape \(2, 3"):
+        pipeline(units=units, num_inference_steps=1, latents=latents[:1])
+    seen = []
+
+    def zero_after_second_step(pipe, step, timestep, callback_kwargs):
+        seen.append((step, int(timestep), callback_kwargs["latents"].shape))
+        return {"latents": torch.zeros_like(callback_kwargs["latents"])} if step == 1 else {}
+
+    zeroed = pipeline(
+        units=units, num_inference_steps=3, latents=latents, output_type="pt", callback_on_step_end=zero_after_second_step
+    )
+    assert [step for step, _, _ in seen] == [0, 1, 2] and seen[0][2] == (2, 3, SIZE, SIZE)
+    assert not torch.allclose(zeroed.images, given.images)
+    with pytest.raises(ValueError, match="not among"):
+        pipeline(units=units, num_inference_steps=1, callback_on_step_end=zero_after_second_step,
+                 callback_on_step_end_tensor_inputs=["noise_pred"])  # fmt: skip
+
+
 def test_generation_needs_a_fitted_anchorer():
     with pytest.raises(ValueError, match="has not fitted"):
         tiny_pipeline(fit_anchorer=False)(num_inference_steps=1)
