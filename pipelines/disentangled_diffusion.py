@@ -7,7 +7,8 @@
     )
 
 The components (encoder, U-Net, anchorer) are classes of the `diffusers-dyga` package, so it must be installed
-(`pip install diffusers-dyga`); importing it here also registers them with diffusers' loader.
+(not yet on the package index: `pip install -e .` in a clone of its repository); importing it here also registers
+them with diffusers' loader.
 """
 
 from diffusers_dyga import DisentangledDiffusionPipeline

@@ -48,7 +48,7 @@ def _chunks(images, factors: np.ndarray, batch_size: int = 8192):
 
 def load_3dshapes_h5(path: str, cache_dir: str | None = None) -> datasets.Dataset:
     """DeepMind's `3dshapes.h5` (keys `images` `(480000, 64, 64, 3)` uint8 and `labels` `(480000, 6)`) as a factor
-    dataset; label values are mapped to indices. Needs `h5py` (`pip install diffusers-dyga[h5]`)."""
+    dataset; label values are mapped to indices. Needs `h5py` (`pip install -e ".[h5]"` in a clone)."""
     _require_file(path, "3dshapes.h5")
     import h5py
 
