@@ -4,6 +4,7 @@ import torch
 
 from diffusers_dyga.data import load_builtin
 from diffusers_dyga.evaluation import encode_representation, token_pca
+from diffusers_dyga.training_data import prepare_images
 
 from .tiny import NUM_UNITS, SIZE, tiny_pipeline
 
@@ -37,3 +38,15 @@ def test_encode_representation_gives_one_code_per_unit_for_every_row(cache_dir):
     np.testing.assert_allclose(np.abs(tokens), np.abs(token_pca(anchored)), atol=1e-4)
     with pytest.raises(ValueError, match="Unknown representation 'latents'"):
         encode_representation(pipe, dataset, "latents")
+
+
+def test_a_grid_stored_at_another_size_is_resized_as_training_resizes_it(cache_dir):
+    pipe = tiny_pipeline()
+    sizes = (2, 2, 2, 1, 2, 1)
+    native = load_builtin("shapes", resolution=SIZE, factor_sizes=sizes, cache_dir=cache_dir)
+    larger = load_builtin("shapes", resolution=SIZE * 2, factor_sizes=sizes, cache_dir=cache_dir)
+    units = encode_representation(pipe, larger, "units")
+    assert units.shape == (len(larger), NUM_UNITS)
+    resized = prepare_images(larger["image"], SIZE, 3)
+    np.testing.assert_allclose(units, pipe.encode(resized).numpy(), atol=1e-5)
+    assert not np.allclose(units, encode_representation(pipe, native, "units"), atol=1e-5)

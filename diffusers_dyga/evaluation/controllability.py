@@ -106,7 +106,7 @@ def controllability(
     sources = random_state.choice(len(dataset), size=min(num_sources, len(dataset)), replace=False)
     reconstructions = render(units[sources])
     readings = classifier.predict(reconstructions)
-    source_images = dataset_images(dataset, sources.tolist())
+    source_images = dataset_images(dataset, sources.tolist(), reconstructions.shape[-1], reconstructions.shape[1])
     report = {
         "reconstruction_accuracy": factor_accuracy(readings, factors[sources], names),
         "reconstruction_psnr": float(psnr(reconstructions, source_images).mean()),

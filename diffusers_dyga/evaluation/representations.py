@@ -26,14 +26,18 @@ def token_pca(tokens: np.ndarray) -> np.ndarray:
 
 def encode_representation(pipeline, dataset: datasets.Dataset, representation: str, batch_size: int = 256) -> np.ndarray:
     """`(len(dataset), num_units)` codes of every row: `"units"` (`pipeline.encode`) or `"token_pca"` (PCA(1) per
-    unit of the tokens the U-Net is conditioned on, anchored when the pipeline's anchorer is fitted)."""
+    unit of the tokens the U-Net is conditioned on, anchored when the pipeline's anchorer is fitted). Images of
+    another size are centre-cropped and resized to the encoder's, as the training script does."""
     if representation not in REPRESENTATIONS:
         raise ValueError(f"Unknown representation {representation!r}; choose one of {', '.join(REPRESENTATIONS)}.")
-    if representation == "units":
-        return encode_dataset(pipeline.encode, dataset, batch_size)
-    with torch.no_grad():
-        flat = encode_dataset(lambda images: pipeline.condition(pipeline.encode(images)).flatten(1), dataset, batch_size)
     config = pipeline.encoder.config
+    shape = {"size": config.sample_size, "channels": config.in_channels}
+    if representation == "units":
+        return encode_dataset(pipeline.encode, dataset, batch_size, **shape)
+    with torch.no_grad():
+        flat = encode_dataset(
+            lambda images: pipeline.condition(pipeline.encode(images)).flatten(1), dataset, batch_size, **shape
+        )
     return token_pca(flat.reshape(len(flat), config.num_units, config.unit_dim))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.tensors import images_to_tensor
+from ..training_data import prepare_images
 from .dci import dci
 from .downstream import downstream_accuracy
 from .factor_vae import factor_vae_score
@@ -70,24 +71,36 @@ def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{group}/{name}": value for group, values in metrics.items() for name, value in values.items()}
 
 
-def dataset_images(dataset: datasets.Dataset, rows: list[int] | np.ndarray | range | None = None) -> torch.Tensor:
-    """`(len(rows), C, H, W)` images in [-1, 1] of the dataset's `rows` (default: every row)."""
+def dataset_images(
+    dataset: datasets.Dataset,
+    rows: list[int] | np.ndarray | range | None = None,
+    size: int | None = None,
+    channels: int = 3,
+) -> torch.Tensor:
+    """`(len(rows), C, H, W)` images in [-1, 1] of the dataset's `rows` (default: every row); with `size`, brought
+    to `(channels, size, size)` as the training script brings them (centre crop and resize where needed)."""
     if "image" not in dataset.column_names:
         raise ValueError(f"The dataset has no 'image' column; its columns are {dataset.column_names}.")
     images = dataset.select_columns(["image"])
     if rows is not None:
         images = images.select(rows)
+    if size is not None:
+        return prepare_images(images["image"], size, channels)
     return images_to_tensor(images["image"])
 
 
 @torch.no_grad()
 def encode_dataset(
-    encode: Callable[[torch.Tensor], torch.Tensor], dataset: datasets.Dataset, batch_size: int = 256
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    dataset: datasets.Dataset,
+    batch_size: int = 256,
+    size: int | None = None,
+    channels: int = 3,
 ) -> np.ndarray:
     """Representations `(num_rows, num_codes)` of every row, from `encode`: `(B, C, H, W)` images in [-1, 1] ->
-    `(B, num_codes)`."""
+    `(B, num_codes)`; `size` and `channels` as in `dataset_images`."""
     codes = []
     for start in range(0, len(dataset), batch_size):
-        batch = dataset_images(dataset, range(start, min(start + batch_size, len(dataset))))
+        batch = dataset_images(dataset, range(start, min(start + batch_size, len(dataset))), size, channels)
         codes.append(encode(batch).float().cpu().numpy())
     return np.concatenate(codes)
