@@ -115,7 +115,12 @@ def test_a_kill_during_the_final_save_leaves_no_mix_of_old_and_new_components(tm
 
 def test_latest_falls_back_past_incomplete_and_unreadable_checkpoints(tmp_path, cache_dir, capsys, caplog):
     output = tmp_path / "run"
-    train.main(train.parse_args(quick_args(output, cache_dir)))
+    with caplog.at_level("INFO"):
+        train.main(train.parse_args(quick_args(output, cache_dir)))
+    for said in ("step 3: DyGA refitted in", "Saved " + str(output / "checkpoint-6"), "step 6: final validation started",
+                 "validation took", f"Saved the pipeline to {output}", "Saved the training report and the model card"):  # fmt: skip
+        assert said in caplog.text, said
+    caplog.clear()
     (output / "checkpoint-9").mkdir()
     (output / "checkpoint-6" / "optimizer.bin").write_bytes(b"")
     AcceleratorState._reset_state(True)
