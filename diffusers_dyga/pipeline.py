@@ -137,6 +137,7 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
                 cache_dir=kwargs.get("cache_dir"),
                 token=kwargs.get("token"),
                 local_files_only=kwargs.get("local_files_only", False),
+                force_download=kwargs.get("force_download", False),
             )
         cls.check_checkpoint(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

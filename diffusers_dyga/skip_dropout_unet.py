@@ -18,7 +18,8 @@ class SkipDropoutUNet(StrictLoadingMixin, UNet2DConditionModel):
     While `training`, each skip tensor `(batch, channels, h, w)` at the chosen resolutions is multiplied by a
     per-sample, per-channel Bernoulli keep-mask with keep probability `1 - skip_dropout`, rescaled by
     `1 / (1 - skip_dropout)`. In eval mode the model is exactly its parent. All parent arguments are accepted
-    unchanged; a plain `UNet2DConditionModel` checkpoint loads with the default skip dropout.
+    unchanged; a plain `UNet2DConditionModel` checkpoint loads with the default skip dropout. Like any model with
+    dropout, two forward passes in training mode differ (fresh masks): compare outputs after `.eval()`.
 
     Args:
         skip_dropout (`float`, defaults to 0.2): drop rate `p` of the skip channels, in `[0, 1)`.
