@@ -11,7 +11,7 @@ from accelerate.state import AcceleratorState
 from diffusers_dyga import DisentangledDiffusionPipeline
 from diffusers_dyga.checkpointing import CHECKPOINT_MARKER, checkpoint_folders
 
-from .test_train import SCRIPT, tiny_args, train
+from .test_train import SCRIPT, cache_dir, fresh_accelerator_state, tiny_args, train  # noqa: F401 (fixtures)
 
 # Runs train.py in a child process that kills itself (SIGKILL, by its own PID) at one moment of a save.
 KILLED_CHILD = """
@@ -51,18 +51,6 @@ train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
 train.main(train.parse_args(argv))
 """
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("checkpoint-cache"))
 
 
 def quick_args(output, cache_dir, *extra) -> list[str]:

@@ -9,19 +9,12 @@ from diffusers import AutoencoderKL, VQModel
 
 from diffusers_dyga import DisentangledDiffusionPipeline
 
-from .test_train import tiny_args, train
+from .test_train import fresh_accelerator_state, tiny_args, train  # noqa: F401 (fixture)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train_scripts" / "train_autoencoder.py"
 spec = importlib.util.spec_from_file_location("dyga_train_autoencoder", SCRIPT)
 train_autoencoder = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_autoencoder)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 def first_stage_args(output, cache_dir, *extra) -> list[str]:
