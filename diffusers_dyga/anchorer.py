@@ -309,8 +309,8 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         return state
 
     def _official(self, points: torch.Tensor, generator: torch.Generator, diagonal: bool) -> MixtureState:
-        """The official rules (see `structure`) on one unit's points `(1, num_samples, dim)`."""
-        _, num_samples, dim = points.shape
+        """The official rules (see `structure`) on one unit's points `(1, num_samples, dim)`. `log_prob` always
+        belongs to the current `state`: it is recomputed after every split and reused until the next."""
         config = self.config
         state = self._random_start(points, config.init_components, generator, diagonal)
         state, log_prob = self._em(points, state, config.max_iterations, tolerance=0.0)
@@ -326,7 +326,7 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
                 free = (~state.active[0]).nonzero()[:, 0]
                 if len(free) == 0:
                     break
-                members = torch.softmax(self._log_prob(points, state), dim=2)[0, :, slot] > 0.5
+                members = torch.softmax(log_prob, dim=2)[0, :, slot] > 0.5
                 if int(members.sum()) < 2:
                     continue
                 split_this_round = True
@@ -346,7 +346,7 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
                 splits += 1
             if not split_this_round:
                 break
-        counts = torch.softmax(self._log_prob(points, state), dim=2)[0].sum(0)
+        counts = torch.softmax(log_prob, dim=2)[0].sum(0)
         keep = state.active & (counts >= config.min_component_points)[None]
         keep[0, counts.masked_fill(~state.active[0], -1).argmax()] = True
         weights = torch.where(keep, state.weights, torch.zeros_like(state.weights))
