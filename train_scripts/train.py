@@ -47,7 +47,7 @@ from diffusers_dyga.checkpointing import (
     save_checkpoint,
     save_pipeline,
 )
-from diffusers_dyga.data import factor_names, factor_sizes, image_channels
+from diffusers_dyga.data import factor_names, image_channels
 from diffusers_dyga.encoder import as_widths
 from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
