@@ -58,3 +58,46 @@ def test_paper_preset_trains_end_to_end_through_the_first_stage(tmp_path):
     assert pipe.unet.config.skip_dropout_resolutions == [16, 8] and pipe.anchorer.config.structure == "official"
     images = pipe(images=torch.zeros(1, 3, 64, 64), num_inference_steps=2, output_type="pt").images
     assert images.shape == (1, 3, 64, 64)
+
+
+def tiny_backbone(path) -> Path:
+    """A small random ResNet saved as a local `transformers` backbone folder."""
+    from transformers import AutoBackbone, ResNetConfig
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
+    AutoBackbone.from_config(config).save_pretrained(path)
+    return path
+
+
+def test_perceptual_loss_compares_features_of_a_frozen_local_backbone(tmp_path):
+    from diffusers_dyga.perceptual_loss import PerceptualLoss
+
+    loss = PerceptualLoss(str(tiny_backbone(tmp_path / "backbone"))).train()
+    assert not loss.backbone.training and not any(p.requires_grad for p in loss.parameters())
+    assert len(loss.backbone.config.out_features) == 2
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1
+    assert loss(target, target).item() == 0.0
+    near, far = target + 0.05 * torch.randn(2, 3, 16, 16, generator=generator), -target
+    assert 0 < loss(near, target).item() < loss(far, target).item()
+    prediction = near.clone().requires_grad_(True)
+    loss(prediction, target).backward()
+    assert prediction.grad.abs().sum() > 0
+    assert loss(target[:, :1], target[:, :1]).item() == 0.0
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        PerceptualLoss(str(tmp_path / "missing"))
+
+
+def test_first_stage_trains_with_a_perceptual_loss_on_local_weights(tmp_path, capsys):
+    cache_dir = str(tmp_path / "cache")
+    backbone = tiny_backbone(tmp_path / "backbone")
+    report = first_stage(
+        tmp_path / "vq", cache_dir, "--resolution", "16", "--max_train_steps", "3",
+        "--perceptual_backbone", str(backbone), "--perceptual_weight", "0.5",
+    )  # fmt: skip
+    assert report["perceptual_backbone"] == str(backbone) and report["perceptual_weight"] == 0.5
+    assert VQModel.from_pretrained(tmp_path / "vq").config.latent_channels == 3
+    with pytest.raises(SystemExit):
+        train_autoencoder.parse_args(first_stage_args(tmp_path / "x", cache_dir, "--perceptual_backbone", str(tmp_path)))
+    assert "no config.json" in capsys.readouterr().err

@@ -6,7 +6,9 @@
         --max_train_steps 20000 --output_dir outputs/shapes-vq
 
 The loss is the L1 reconstruction error plus the quantiser's codebook and commitment terms (VQ) or a small KL term
-(KL). No perceptual or adversarial loss: their networks' weights cannot be downloaded here. At the end the latents'
+(KL), plus, with `--perceptual_backbone DIR` (a local `transformers` backbone folder, e.g. an ImageNet ResNet saved
+with `save_pretrained`), an LPIPS-style perceptual distance in that backbone's features (the official first stage uses
+LPIPS and a discriminator; neither's weights are downloaded here). At the end the latents'
 scaling factor is set to 1 / std of the latents of up to `--scale_samples` images (the official `scale_by_std`), and
 the reconstruction PSNR of up to `--eval_samples` images is written to `training_report.json`.
 """
@@ -26,6 +28,7 @@ from diffusers import AutoencoderKL, VQModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from diffusers_dyga.perceptual_loss import PerceptualLoss
 from diffusers_dyga.data import image_channels
 from diffusers_dyga.training_data import add_data_arguments, check_data_arguments, load_training_data, prepare_images
 
@@ -42,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--latent_channels", type=int, default=3)
     model.add_argument("--num_vq_embeddings", type=int, default=2048)
     model.add_argument("--kl_weight", type=float, default=1e-6, help="Weight of the KL term (--model_type kl).")
+    model.add_argument(
+        "--perceptual_backbone",
+        default=None,
+        help="Local transformers backbone folder for a perceptual loss (diffusers_dyga.perceptual_loss); off if unset.",
+    )
+    model.add_argument("--perceptual_weight", type=float, default=1.0, help="Weight of the perceptual loss.")
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/first-stage")
     train.add_argument("--seed", type=int, default=0)
@@ -60,8 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "max_train_steps", "learning_rate", "scale_samples", "eval_samples"):  # fmt: skip
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}.")
-    if args.kl_weight < 0 or args.lr_warmup_steps < 0:
-        parser.error("--kl_weight and --lr_warmup_steps must be non-negative.")
+    if args.kl_weight < 0 or args.lr_warmup_steps < 0 or args.perceptual_weight < 0:
+        parser.error("--kl_weight, --lr_warmup_steps and --perceptual_weight must be non-negative.")
+    if args.perceptual_backbone is not None and not os.path.isfile(os.path.join(args.perceptual_backbone, "config.json")):
+        parser.error(f"--perceptual_backbone {args.perceptual_backbone}: no config.json (a local backbone folder is needed).")
     factor = 2 ** (len(args.block_out_channels) - 1)
     if args.resolution % factor:
         parser.error(f"--resolution {args.resolution} is not divisible by the downsampling factor {factor}.")
@@ -86,14 +97,21 @@ def build_autoencoder(args: argparse.Namespace, channels: int) -> VQModel | Auto
     return AutoencoderKL(**shared)
 
 
-def autoencoder_loss(model, pixels: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def autoencoder_loss(
+    model, pixels: torch.Tensor, args: argparse.Namespace, perceptual: PerceptualLoss | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The training loss and the reconstruction `(B, C, H, W)`."""
     if args.model_type == "vq":
         output = model(pixels)
-        return F.l1_loss(output.sample, pixels) + output.commit_loss.mean(), output.sample
-    posterior = model.encode(pixels).latent_dist
-    reconstruction = model.decode(posterior.sample()).sample
-    return F.l1_loss(reconstruction, pixels) + args.kl_weight * posterior.kl().mean(), reconstruction
+        reconstruction, regulariser = output.sample, output.commit_loss.mean()
+    else:
+        posterior = model.encode(pixels).latent_dist
+        reconstruction = model.decode(posterior.sample()).sample
+        regulariser = args.kl_weight * posterior.kl().mean()
+    loss = F.l1_loss(reconstruction, pixels) + regulariser
+    if perceptual is not None:
+        loss = loss + args.perceptual_weight * perceptual(reconstruction, pixels)
+    return loss, reconstruction
 
 
 def latents_of(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -135,6 +153,7 @@ def main(args: argparse.Namespace) -> str:
     dataset = load_training_data(args)
     channels = image_channels(dataset)
     model = build_autoencoder(args, channels)
+    perceptual = PerceptualLoss(args.perceptual_backbone) if args.perceptual_backbone else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, betas=(0.5, 0.9))
     lr_scheduler = get_scheduler(
         "constant_with_warmup", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
@@ -153,12 +172,14 @@ def main(args: argparse.Namespace) -> str:
         generator=torch.Generator().manual_seed(args.seed),
     )
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    if perceptual is not None:
+        perceptual.to(accelerator.device)
     progress = tqdm(range(args.max_train_steps), desc="Steps", disable=not accelerator.is_local_main_process)
     start_time, step = time.perf_counter(), 0
     while step < args.max_train_steps:
         for batch in loader:
             with accelerator.autocast():
-                loss, _ = autoencoder_loss(model, batch["pixel_values"], args)
+                loss, _ = autoencoder_loss(model, batch["pixel_values"], args, perceptual)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"The loss is {loss.item()} at step {step + 1}; lower --learning_rate.")
             accelerator.backward(loss)
@@ -176,7 +197,14 @@ def main(args: argparse.Namespace) -> str:
         measured = measure(model, dataset, args, channels, accelerator.device)
         model.register_to_config(scaling_factor=1.0 / max(measured["latent_std"], 1e-8))
         model.save_pretrained(args.output_dir)
-        report = {"steps": step, "wall_minutes": minutes, "scaling_factor": model.config.scaling_factor, **measured}
+        report = {
+            "steps": step,
+            "wall_minutes": minutes,
+            "scaling_factor": model.config.scaling_factor,
+            "perceptual_backbone": args.perceptual_backbone,
+            "perceptual_weight": args.perceptual_weight if args.perceptual_backbone else 0.0,
+            **measured,
+        }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
             json.dump(report, file, indent=2)
         print(f"Saved the {type(model).__name__} to {args.output_dir}: PSNR {measured['psnr']:.2f} dB, "
