@@ -10,6 +10,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .coordinates import append_coordinates
 from .loading import StrictLoadingMixin
 
 
@@ -20,10 +21,13 @@ class DisentangledEncoderOutput(BaseOutput):
         units (`torch.Tensor` of shape `(batch, num_units)`): one scalar per latent unit.
         tokens (`torch.Tensor` of shape `(batch, num_units, unit_dim)`): the units' tokens, read by the U-Net's
             cross-attention.
+        unit_log_variance (`torch.Tensor` of shape `(batch, num_units)`, *optional*): with
+            `unit_posterior="gaussian"`, the log-variance of each unit's posterior (`units` is its mean).
     """
 
     units: torch.Tensor
     tokens: torch.Tensor = None  # a default lets accelerate's fp32 cast rebuild the output from a dict
+    unit_log_variance: torch.Tensor | None = None
 
 
 def as_widths(widths: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -117,6 +121,14 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         norm_type (`str`, defaults to `"none"`): `"batch"` puts BatchNorm after every trunk convolution.
         act_fn (`str`, defaults to `"silu"`): activation of the trunk and the token MLPs (diffusers' `get_activation`).
         token_output_act (`bool`, defaults to `False`): apply the activation to the tokens too.
+        unit_posterior (`str`, defaults to `"deterministic"`): `"gaussian"` makes each unit the mean of a Gaussian
+            posterior whose log-variance the encoder also predicts, as in a VAE: in training mode the tokens are
+            made from a sample, and the training loss can add the posterior's KL divergence from N(0, 1)
+            ([`unit_kl_divergence`]), which charges every unit for what it carries so that unneeded units fall
+            silent and no factor is copied onto several units. Incompatible with `unit_noise` and
+            `unit_whitening`, which it replaces.
+        coordinate_input (`bool`, defaults to `False`): append two channels holding each pixel's x and y coordinate
+            to the images (CoordConv), so that the trunk can read an object's position as a weighted sum.
         unit_noise (`float`, defaults to 0.0): in training mode, Gaussian noise of this many batch standard deviations
             (per unit, not differentiated) is added to each unit before its token is made; it caps how much each
             unit can carry. No effect in eval mode.
@@ -147,13 +159,23 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         norm_type: str = "none",
         act_fn: str = "silu",
         token_output_act: bool = False,
+        coordinate_input: bool = False,
+        unit_posterior: str = "deterministic",
     ):
         super().__init__()
         if unit_noise < 0:
             raise ValueError(f"unit_noise must be non-negative, got {unit_noise}.")
+        if unit_posterior not in ("deterministic", "gaussian"):
+            raise ValueError(f"unit_posterior must be 'deterministic' or 'gaussian', got {unit_posterior!r}.")
+        if unit_posterior == "gaussian" and (unit_noise > 0 or unit_whitening):
+            raise ValueError(
+                "unit_posterior='gaussian' replaces unit_noise and unit_whitening; set unit_noise=0 and "
+                "unit_whitening=False."
+            )
         if norm_type not in ("none", "batch"):
             raise ValueError(f"norm_type must be 'none' or 'batch', got {norm_type!r}.")
         hidden_dims, token_hidden_dims = as_widths(hidden_dim), as_widths(token_hidden_dim)
+        trunk_channels = in_channels + 2 if coordinate_input else in_channels
         if backbone_config is None:
             if sample_size % 2 ** len(block_out_channels) != 0:
                 raise ValueError(
@@ -161,11 +183,13 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
                     f"{2 ** len(block_out_channels)}."
                 )
             self.trunk = ConvTrunk(
-                in_channels, sample_size, tuple(block_out_channels), hidden_dims, stem_channels, norm_type, act_fn
+                trunk_channels, sample_size, tuple(block_out_channels), hidden_dims, stem_channels, norm_type, act_fn
             )
         else:
-            self.trunk = BackboneTrunk(backbone_config, in_channels, hidden_dims, act_fn)
+            self.trunk = BackboneTrunk(backbone_config, trunk_channels, hidden_dims, act_fn)
         self.to_units = nn.Linear(hidden_dims[-1], num_units)
+        if unit_posterior == "gaussian":
+            self.to_unit_log_variance = nn.Linear(hidden_dims[-1], num_units)
         if unit_whitening:
             self.register_buffer("running_mean", torch.zeros(num_units))
             self.register_buffer("running_covariance", torch.eye(num_units))
@@ -211,10 +235,19 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
                 f"Expected units of shape (batch, {self.config.num_units}), got {tuple(units.shape)}."
             )
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """`(batch, in_channels, H, W)` images in [-1, 1] -> `(batch, num_units)` units."""
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """`(batch, in_channels, H, W)` images in [-1, 1] -> `(batch, hidden_dim)` trunk features."""
         self.check_images(images)
-        units = self.to_units(self.trunk(images))
+        if self.config.coordinate_input:
+            images = append_coordinates(images)
+        return self.trunk(images)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """`(batch, in_channels, H, W)` images in [-1, 1] -> `(batch, num_units)` units (posterior means)."""
+        return self.units_from_features(self.features(images))
+
+    def units_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        units = self.to_units(features)
         if self.config.unit_whitening:
             units = self.whiten(units)
         return units
@@ -258,12 +291,17 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         return self.token_act(tokens) if self.config.token_output_act else tokens
 
     def forward(self, images: torch.Tensor, return_dict: bool = True) -> DisentangledEncoderOutput | tuple:
-        units = self.encode(images)
-        if self.training and self.config.unit_noise > 0 and units.shape[0] > 1:
+        features = self.features(images)
+        units = self.units_from_features(features)
+        log_variance = None
+        if self.config.unit_posterior == "gaussian":
+            log_variance = self.to_unit_log_variance(features).clamp(-12.0, 6.0)
+            sampled = units + (0.5 * log_variance).exp() * torch.randn_like(units) if self.training else units
+            tokens = self.embed(sampled)
+        elif self.training and self.config.unit_noise > 0 and units.shape[0] > 1:
             spread = units.detach().std(dim=0, keepdim=True)
             tokens = self.embed(units + self.config.unit_noise * spread * torch.randn_like(units))
         else:
             tokens = self.embed(units)
-        if not return_dict:
-            return (units, tokens)
-        return DisentangledEncoderOutput(units=units, tokens=tokens)
+        output = DisentangledEncoderOutput(units=units, tokens=tokens, unit_log_variance=log_variance)
+        return output if return_dict else output.to_tuple()

@@ -7,6 +7,7 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from torch import nn
 
+from .coordinates import append_coordinates
 from .loading import StrictLoadingMixin
 
 
@@ -80,12 +81,7 @@ class SkipDropoutUNet(StrictLoadingMixin, UNet2DConditionModel):
 
     @staticmethod
     def _append_coordinates(module: nn.Module, args: tuple) -> tuple:
-        sample = args[0]
-        batch, _, height, width = sample.shape
-        y = torch.linspace(-1.0, 1.0, height, device=sample.device, dtype=sample.dtype)
-        x = torch.linspace(-1.0, 1.0, width, device=sample.device, dtype=sample.dtype)
-        coordinates = torch.stack(torch.meshgrid(x, y, indexing="xy")).expand(batch, 2, height, width)
-        return (torch.cat([sample, coordinates], dim=1),) + args[1:]
+        return (append_coordinates(args[0]),) + args[1:]
 
     def _drop_skips(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         rate = self.config.skip_dropout

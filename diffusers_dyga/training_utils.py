@@ -20,6 +20,18 @@ def unit_kurtosis(units: torch.Tensor) -> torch.Tensor:
     return standardised.pow(4).mean()
 
 
+def unit_kl_divergence(units: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """KL divergence of the units' Gaussian posteriors from N(0, 1), summed over units, averaged over the batch:
+    `(batch, num_units)` means and log-variances -> scalar (nats per image), as in a VAE."""
+    if units.shape != log_variance.shape or units.ndim != 2:
+        raise ValueError(
+            f"unit_kl_divergence expects means and log-variances of the same shape (batch, num_units), got "
+            f"{tuple(units.shape)} and {tuple(log_variance.shape)}."
+        )
+    units, log_variance = units.float(), log_variance.float()
+    return 0.5 * (units.pow(2) + log_variance.exp() - log_variance - 1.0).sum(dim=1).mean()
+
+
 def detail_weights(images: torch.Tensor, strength: float, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Per-pixel loss weights that favour the images' edges: `(batch, channels, H, W)` -> `(batch, 1, h, w)`.
 

@@ -164,6 +164,50 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(images).tokens, encoder(images).tokens, rtol=0, atol=0)
 
 
+def test_coordinate_input_gives_the_trunk_each_pixels_position(tmp_path):
+    encoder = tiny_encoder(coordinate_input=True).eval()
+    first_conv = encoder.trunk.convs[0]
+    assert encoder.config.in_channels == 3 and first_conv.in_channels == 5
+    seen = []
+    first_conv.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    images = random_images(2)
+    with torch.no_grad():
+        tokens = encoder(images).tokens
+    assert seen[0].shape == (2, 5, SIZE, SIZE) and torch.equal(seen[0][:, :3], images)
+    assert seen[0][0, 3, 0].tolist() == torch.linspace(-1, 1, SIZE).tolist()
+    assert seen[0][1, 4, :, 0].tolist() == torch.linspace(-1, 1, SIZE).tolist()
+
+    encoder.save_pretrained(tmp_path)
+    reloaded = DisentangledEncoder.from_pretrained(tmp_path).eval()
+    assert reloaded.config.coordinate_input and reloaded.trunk.convs[0].in_channels == 5
+    with torch.no_grad():
+        assert torch.equal(reloaded(images).tokens, tokens)
+
+
+def test_gaussian_unit_posterior_samples_tokens_in_training_and_uses_the_means_otherwise(tmp_path):
+    encoder = tiny_encoder(unit_posterior="gaussian")
+    images = random_images(5)
+    training = encoder.train()(images)
+    assert training.unit_log_variance.shape == (5, NUM_UNITS)
+    assert not torch.allclose(training.tokens, encoder.embed(training.units))
+    evaluation = encoder.eval()(images)
+    torch.testing.assert_close(evaluation.units, training.units)
+    torch.testing.assert_close(evaluation.tokens, encoder.embed(evaluation.units))
+    torch.testing.assert_close(encoder.encode(images), evaluation.units)
+    (training.tokens.sum() + training.unit_log_variance.sum()).backward()
+    assert encoder.to_unit_log_variance.weight.grad.abs().sum() > 0
+
+    encoder.save_pretrained(tmp_path)
+    reloaded = DisentangledEncoder.from_pretrained(tmp_path).eval()
+    assert reloaded.config.unit_posterior == "gaussian"
+    torch.testing.assert_close(reloaded(images).unit_log_variance, evaluation.unit_log_variance)
+    assert tiny_encoder()(images).unit_log_variance is None
+    with pytest.raises(ValueError, match="replaces unit_noise and unit_whitening"):
+        tiny_encoder(unit_posterior="gaussian", unit_whitening=True)
+    with pytest.raises(ValueError, match="unit_posterior must be"):
+        tiny_encoder(unit_posterior="laplace")
+
+
 BACKBONES = {
     "resnet": ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]),
     "convnext": ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]),

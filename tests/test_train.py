@@ -220,6 +220,9 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--detail_loss_weight", "1.5", "--detail_loss_weight must be in [0, 1]"),
         ("--dyga_init_components", "11", "--dyga_init_components (11) exceeds --dyga_max_components (10)"),
         ("--beta_end", "0.00001", "Need 0 < --beta_start < --beta_end < 1"),
+        ("--unit_kl_weight", "0.01", "--unit_kl_weight needs --unit_posterior gaussian"),
+        ("--unit_posterior", "gaussian", "--unit_posterior gaussian replaces unit noise and whitening"),
+        ("--dyga_max_iterations", "0", "--dyga_max_iterations must be positive"),
     ]:
         with pytest.raises(SystemExit):
             train.parse_args(tiny_args(tmp_path, cache_dir, f"{flag}={value}"))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffusers_dyga.training_utils import detail_weights, unit_kurtosis
+from diffusers_dyga.training_utils import detail_weights, unit_kl_divergence, unit_kurtosis
 
 
 def rotation(angle: torch.Tensor) -> torch.Tensor:
@@ -66,3 +66,14 @@ def test_detail_weights_reject_bad_shapes_and_strengths():
         detail_weights(torch.zeros(3, 16, 16), 0.5)
     with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
         detail_weights(torch.zeros(1, 3, 16, 16), 1.5)
+
+
+def test_unit_kl_divergence_is_the_gaussian_kl_from_the_standard_normal():
+    generator = torch.Generator().manual_seed(0)
+    means, log_variances = torch.randn(6, 4, generator=generator), torch.randn(6, 4, generator=generator)
+    posterior = torch.distributions.Normal(means, (0.5 * log_variances).exp())
+    expected = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum(dim=1).mean()
+    torch.testing.assert_close(unit_kl_divergence(means, log_variances), expected)
+    assert unit_kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        unit_kl_divergence(torch.zeros(3, 4), torch.zeros(3, 5))

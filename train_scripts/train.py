@@ -52,7 +52,7 @@ from diffusers_dyga.encoder import as_widths
 from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
 from diffusers_dyga.training_data import add_data_arguments, check_data_arguments, load_training_data, prepare_images
-from diffusers_dyga.training_utils import detail_weights, unit_kurtosis
+from diffusers_dyga.training_utils import detail_weights, unit_kl_divergence, unit_kurtosis
 
 logger = get_logger(__name__)
 
@@ -70,9 +70,12 @@ PRESETS = {
         "encoder_norm_type": "none",
         "encoder_act_fn": "silu",
         "token_output_act": False,
+        "encoder_coordinate_input": False,
         "unit_noise": 0.3,
         "unit_whitening": True,
         "unit_kurtosis_weight": 0.03,
+        "unit_posterior": "deterministic",
+        "unit_kl_weight": 0.0,
         "unet_channels": [32, 64, 64],
         "layers_per_block": 1,
         "max_attention_resolution": 16,
@@ -124,9 +127,12 @@ PRESETS = {
         "encoder_norm_type": "batch",
         "encoder_act_fn": "relu",
         "token_output_act": True,
+        "encoder_coordinate_input": False,
         "unit_noise": 0.0,
         "unit_whitening": False,
         "unit_kurtosis_weight": 0.0,
+        "unit_posterior": "deterministic",
+        "unit_kl_weight": 0.0,
         "unet_channels": [64, 128, 256, 256],
         "layers_per_block": 2,
         "max_attention_resolution": 16,
@@ -193,6 +199,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Weight of the units' kurtosis in the loss: turns whitened units toward single factors (0: off).",
     )
     model.add_argument(
+        "--unit_posterior",
+        choices=["deterministic", "gaussian"],
+        default=None,
+        help="gaussian: each unit is a VAE posterior (mean and log-variance); pair it with --unit_kl_weight (ours).",
+    )
+    model.add_argument(
+        "--unit_kl_weight",
+        type=float,
+        default=None,
+        help="Weight of the units' KL divergence from N(0, 1) in the loss (needs --unit_posterior gaussian).",
+    )
+    model.add_argument(
         "--attention_head_channels", type=int, default=None, help="Channels per attention head (heads = width / this)."
     )
     model.add_argument(
@@ -212,6 +230,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Give the U-Net each pixel's coordinates as two extra input channels (--no-coordinate_input: off).",
+    )
+    model.add_argument(
+        "--encoder_coordinate_input",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Give the encoder each pixel's coordinates as two extra input channels (ours; off in every preset).",
     )
     model.add_argument("--skip_dropout", type=float, default=None)
     model.add_argument("--skip_dropout_resolutions", type=int, nargs="+", default=None)
@@ -236,6 +260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="What a number of DyGA components must lower: BIC, or ICL (BIC plus the assignments' entropy).",
     )
+    model.add_argument("--dyga_covariance_type", choices=["diag", "full"], default=None)
+    model.add_argument("--dyga_max_iterations", type=int, default=None, help="EM iterations per fit.")
     model.add_argument("--dyga_init_components", type=int, default=None, help="Used by the token-space search only.")
     model.add_argument("--dyga_max_components", type=int, default=None)
     model.add_argument("--dyga_lambda_mode", choices=["adaptive", "batch", "fixed"], default=None)
@@ -329,6 +355,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"--unit_whitening needs --train_batch_size ({args.train_batch_size}) larger than --num_units ({args.num_units})."
         )
+    if args.unit_kl_weight < 0:
+        parser.error(f"--unit_kl_weight must be non-negative, got {args.unit_kl_weight}.")
+    if args.unit_kl_weight > 0 and args.unit_posterior != "gaussian":
+        parser.error("--unit_kl_weight needs --unit_posterior gaussian (a deterministic unit has no posterior).")
+    if args.unit_posterior == "gaussian" and (args.unit_whitening or args.unit_noise > 0):
+        parser.error("--unit_posterior gaussian replaces unit noise and whitening: add --unit_noise 0 --no-unit_whitening.")
     if args.unit_kurtosis_weight < 0:
         parser.error(f"--unit_kurtosis_weight must be non-negative, got {args.unit_kurtosis_weight}.")
     if args.unit_kurtosis_weight > 0 and args.train_batch_size < 2:
@@ -386,6 +418,7 @@ POSITIVE_ARGUMENTS = (
     "resolution", "num_units", "unit_dim", "train_batch_size", "num_train_epochs", "gradient_accumulation_steps",
     "learning_rate", "checkpointing_steps", "validation_steps", "num_validation_images",
     "validation_inference_steps", "dyga_every", "dyga_samples", "dyga_init_components", "dyga_max_components",
+    "dyga_max_iterations",
     "num_train_timesteps", "layers_per_block", "max_attention_resolution",
 )  # fmt: skip
 
@@ -455,6 +488,8 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         norm_type=args.encoder_norm_type,
         act_fn=args.encoder_act_fn,
         token_output_act=args.token_output_act,
+        coordinate_input=args.encoder_coordinate_input,
+        unit_posterior=args.unit_posterior,
     )
     size = args.resolution // args.vae_scale
     attention = [attends(args, size // 2**level) for level in range(len(args.unet_channels))]
@@ -543,7 +578,9 @@ class EpochSampler(torch.utils.data.Sampler):
 RESUME_SETTINGS = (
     "resolution", "vae", "num_units", "unit_dim", "encoder_channels", "encoder_hidden_dim", "token_hidden_dim",
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
-    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unet_channels", "layers_per_block",
+    "encoder_coordinate_input",
+    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_posterior", "unit_kl_weight",
+    "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "skip_dropout",
     "skip_dropout_resolutions", "token_dropout", "dyga", "dyga_every", "dyga_samples", "dyga_structure",
@@ -772,6 +809,11 @@ def unit_summary(args) -> str:
         parts.append("the units are whitened (no two carry the same signal)")
     if args.unit_kurtosis_weight > 0:
         parts.append(f"their kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
+    if args.unit_posterior == "gaussian":
+        parts.append(
+            f"each unit is the mean of a Gaussian posterior whose KL divergence from N(0, 1) is added to the loss "
+            f"with weight {args.unit_kl_weight}"
+        )
     if not parts:
         return "No noise, whitening or kurtosis term on the units."
     text = "; ".join(parts)
@@ -1058,6 +1100,9 @@ def main(args: argparse.Namespace) -> str:
                 if args.unit_kurtosis_weight > 0:
                     kurtosis = unit_kurtosis(encoder_output.units)
                     loss = loss + args.unit_kurtosis_weight * kurtosis
+                if args.unit_kl_weight > 0:
+                    unit_kl = unit_kl_divergence(encoder_output.units, encoder_output.unit_log_variance)
+                    loss = loss + args.unit_kl_weight * unit_kl
                 if not torch.isfinite(loss):
                     stop_diverged_run(
                         args, global_step + 1, f"the loss is {loss.item()} (denoising loss {denoising_loss.item()})",
@@ -1089,6 +1134,8 @@ def main(args: argparse.Namespace) -> str:
             }
             if args.unit_kurtosis_weight > 0:
                 logs["unit_kurtosis"] = kurtosis.detach().item()
+            if args.unit_kl_weight > 0:
+                logs["unit_kl"] = unit_kl.detach().item()
             if args.dyga and global_step % args.dyga_every == 0:
                 fit = fit_anchorer(args, accelerator, accelerator.unwrap_model(encoder), anchorer, dataset, global_step)
                 dyga_fits.append(fit)
@@ -1128,9 +1175,12 @@ def main(args: argparse.Namespace) -> str:
         logger.info(f"Saved the pipeline to {args.output_dir}")
         grid, metrics = log_validation(pipeline, dataset, args, accelerator, global_step, final=True)
         grid.save(os.path.join(args.output_dir, "interchange_grid.png"))
+        device = torch.cuda.get_device_name(accelerator.device) if on_gpu else f"CPU ({os.cpu_count()} cores)"
         report = {
             "steps": global_step,
             "wall_minutes": wall_minutes,
+            "process_cpu_minutes": time.process_time() / 60,
+            "device": device,
             "images_per_second": (global_step - initial_step) * total_batch_size / (wall_minutes * 60),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if on_gpu else None,
             "metrics": metrics,
@@ -1142,7 +1192,6 @@ def main(args: argparse.Namespace) -> str:
         }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
             json.dump(report, file, indent=2)
-        device = torch.cuda.get_device_name(accelerator.device) if on_gpu else f"CPU ({os.cpu_count()} cores)"
         card = render_model_card(args, metrics, len(dataset), wall_minutes, accelerator.num_processes, device)
         card.save(os.path.join(args.output_dir, "README.md"))
         logger.info(f"Saved the training report and the model card to {args.output_dir}")
