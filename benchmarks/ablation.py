@@ -1,14 +1,22 @@
-"""The paper's ablation on a CPU budget: baseline, +Skip Dropout, +DyGA and +SD+DyGA, several seeds each.
+"""The paper's ablation with paired seeds: baseline, +Skip Dropout, +DyGA, +SD+DyGA, and two checks of our additions.
 
     pip install -e ".[train,benchmarks]"
-    python benchmarks/ablation.py                      # 4 variants x 3 seeds, reusing finished runs
-    python benchmarks/ablation.py --report_only        # rebuild the table and plot from the finished runs
+    python benchmarks/ablation.py --grid shapes --seeds 0 1 2 3             # train what is missing, then report
+    python benchmarks/ablation.py --grid dsprites --variants baseline +SD+DyGA --seeds 4 5 --jobs 2
+    python benchmarks/ablation.py --report_only                             # every grid, from the committed records
 
-Every run is `train_scripts/train.py` with the `tiny` preset on `builtin:shapes` at 32x32 and the same step budget;
-the variants differ only in `--skip_dropout 0` and `--no-dyga`. The training script evaluates the full metric suite
-on the whole factor grid and the controllability of the renders at the end. A run whose folder already holds a `training_report.json` made with the same
-command and the same sources (training script and package) is reused. Writes `ablation.json`, `ablation.md`
-(mean +- sample std over seeds) and `ablation.png`.
+Every run is `train_scripts/train.py` with the `tiny` preset and the same step budget; the variants differ only in the
+flags listed in VARIANTS. train.py seeds the initialisation and the data order from `--seed`, so one seed is the same
+start and the same batches in every variant, and variants are compared seed by seed: against its reference, each
+variant gets the mean paired difference, a 95% bootstrap interval over the seeds (10,000 resamples) and the number of
+seeds where it is higher. Metrics are those of the training script's final validation: FactorVAE, DCI and MIG at
+disentanglement_lib's sizes (10,000 / 5,000 rows, drawn with replacement) on both representations (`units`, and
+`token_pca`, the official protocol), and the controllability of the renders.
+
+Each finished run leaves a small record (a few KB) in `docs/results/ablation/<grid>/<variant>-seed<N>.json`: its
+command, the hash of the sources that ran it, the machine, minutes and metrics. Records are committed, so runs
+accumulate across sessions and machines; a record whose command matches is reused instead of training again (the
+report counts the distinct sources behind each variant). Training folders go to `benchmarks/results/ablation/`.
 """
 
 import argparse
@@ -18,53 +26,77 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import machine, print_table
+from common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "baseline": ["--skip_dropout", "0", "--no-dyga"],
-    "+SD": ["--no-dyga"],
-    "+DyGA": ["--skip_dropout", "0"],
-    "+SD+DyGA": [],
+RECORDS_DIR = ROOT / "docs" / "results" / "ablation"
+GRIDS = {
+    "shapes": ["--dataset", "builtin:shapes", "--factor_sizes", "3", "3", "3", "3", "3", "3"],
+    "shapes-mixed": ["--dataset", "builtin:shapes", "--factor_sizes", "2", "6", "4", "3", "4", "5"],
+    "dsprites": ["--dataset", "builtin:dsprites", "--factor_sizes", "3", "3", "4", "8", "8"],
 }
-HEADLINE = {
+OURS_OFF = ["--no-unit_whitening", "--unit_kurtosis_weight", "0"]
+OFFICIAL_DYGA = [
+    "--dyga_structure", "official", "--dyga_fit_space", "tokens", "--dyga_covariance_type", "full",
+    "--dyga_init_components", "8", "--dyga_max_components", "32", "--dyga_max_iterations", "30",
+    "--dyga_lambda_mode", "batch",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Variant:
+    flags: tuple[str, ...]
+    reference: str | None
+    slug: str
+
+
+VARIANTS = {
+    "baseline": Variant(("--skip_dropout", "0", "--no-dyga"), None, "baseline"),
+    "+SD": Variant(("--no-dyga",), "baseline", "sd"),
+    "+DyGA": Variant(("--skip_dropout", "0"), "baseline", "dyga"),
+    "+SD+DyGA": Variant((), "baseline", "sd-dyga"),
+    "baseline, ours off": Variant(("--skip_dropout", "0", "--no-dyga", *OURS_OFF), None, "baseline-ours-off"),
+    "+SD+DyGA, ours off": Variant(tuple(OURS_OFF), "baseline, ours off", "sd-dyga-ours-off"),
+    "+SD+official DyGA": Variant(tuple(OFFICIAL_DYGA), "+SD+DyGA", "sd-official-dyga"),
+}
+METRICS = {
     "factor_vae/eval_accuracy": "FactorVAE",
     "dci/disentanglement": "DCI-D",
-    "dci/completeness": "DCI-C",
     "mig/mig": "MIG",
-    "sap/sap": "SAP",
-    "modularity_explicitness/modularity": "modularity",
-    "downstream/mean_accuracy": "downstream",
-    "controllability/mean_swap_accuracy": "swap acc.",
-    "controllability/mean_traversal_accuracy": "traversal acc.",
+    "token_pca/factor_vae/eval_accuracy": "FactorVAE (token PCA)",
+    "token_pca/dci/disentanglement": "DCI-D (token PCA)",
+    "token_pca/mig/mig": "MIG (token PCA)",
+    "controllability/mean_factor_swap_accuracy": "factor swap",
+    "controllability/mean_swap_accuracy": "unit swap",
+    "controllability/reconstruction_psnr": "PSNR",
 }
 
 
-def run_command(options, variant: str, seed: int, output_dir: Path) -> list[str]:
+def train_arguments(options, grid: str, variant: str, seed: int, output_dir: Path) -> list[str]:
+    """The train.py arguments of one run (what a record's reuse is keyed on, together with the grid)."""
     return [
-        sys.executable,
-        str(ROOT / "train_scripts" / "train.py"),
-        "--dataset", "builtin:shapes",
+        *GRIDS[grid],
         "--resolution", "32",
-        "--factor_sizes", *map(str, options.factor_sizes),
         "--model_config", "tiny",
         "--max_train_steps", str(options.max_train_steps),
         "--seed", str(seed),
         "--validation_steps", str(options.max_train_steps),
-        "--validation_inference_steps", "10",
+        "--validation_inference_steps", "25",
         "--checkpointing_steps", str(options.max_train_steps + 1),
         "--report_to", "none",
-        "--output_dir", str(output_dir),
-        *VARIANTS[variant],
+        "--output_dir", output_dir.relative_to(ROOT).as_posix() if output_dir.is_relative_to(ROOT) else str(output_dir),
+        *VARIANTS[variant].flags,
         *options.extra_args,
     ]  # fmt: skip
 
 
 def source_fingerprint() -> str:
-    """SHA-256 of the training script and the package sources: a run made with other code or defaults is not reused."""
+    """SHA-256 of the training script and the package sources."""
     digest = hashlib.sha256()
     for path in [ROOT / "train_scripts" / "train.py", *sorted((ROOT / "diffusers_dyga").rglob("*.py"))]:
         digest.update(path.relative_to(ROOT).as_posix().encode())
@@ -72,110 +104,170 @@ def source_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def train_or_reuse(options, variant: str, seed: int) -> dict:
-    output_dir = Path(options.output_dir) / f"{variant.strip('+').replace('+', '-')}-seed{seed}"
-    command = run_command(options, variant, seed, output_dir)
-    record_path = output_dir / "ablation_run.json"
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record["command"][1:] == command[1:] and record.get("source") == options.source:
+def record_path(grid: str, variant: str, seed: int) -> Path:
+    return RECORDS_DIR / grid / f"{VARIANTS[variant].slug}-seed{seed}.json"
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """`{"dci": {"disentanglement": x}, ...}` -> `{"dci/disentanglement": x, ...}`, numbers only."""
+    return {
+        f"{group}/{name}": float(value)
+        for group, values in metrics.items()
+        if group != "controllability_details"
+        for name, value in values.items()
+        if isinstance(value, (int, float))
+    }
+
+
+def train(options, grid: str, variant: str, seed: int) -> dict:
+    """Trains one run (or reuses its record) and returns its record."""
+    path = record_path(grid, variant, seed)
+    output_dir = Path(options.output_dir) / grid / f"{VARIANTS[variant].slug}-seed{seed}"
+    arguments = train_arguments(options, grid, variant, seed, output_dir)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record["arguments"] == arguments:
             return record
-    if options.report_only:
-        raise SystemExit(f"No finished run for {variant} seed {seed} in {output_dir}; run without --report_only.")
-    print(f"training {variant} seed {seed}: {' '.join(command[1:])}", flush=True)
+    print(f"training {grid} {variant} seed {seed}: train.py {' '.join(arguments)}", flush=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(options.threads_per_run)}
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    report = json.loads((output_dir / "training_report.json").read_text())
-    details = report["metrics"].pop("controllability_details", None)
-    metrics = {f"{group}/{name}": value for group, values in report["metrics"].items() for name, value in values.items()}
+    subprocess.run(
+        [sys.executable, "train_scripts/train.py", *arguments],
+        check=True, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    minutes = (time.perf_counter() - start) / 60
+    report = json.loads((ROOT / output_dir / "training_report.json").read_text())
     record = {
+        "grid": grid,
         "variant": variant,
         "seed": seed,
-        "command": command,
+        "arguments": arguments,
         "source": options.source,
-        "process_seconds": seconds,
+        "device": report.get("device"),
+        "machine": machine(),
+        "runs_at_once": options.jobs,
+        "threads_per_run": options.threads_per_run,
         "training_minutes": report["wall_minutes"],
-        "metrics": metrics,
-        "controllability": details,
+        "run_minutes": minutes,
+        "process_cpu_minutes": report.get("process_cpu_minutes"),
+        "metrics": flat_metrics(report["metrics"]),
+        "metric_sizes": report["metric_sizes"]["final"],
         "dyga_components": report["dyga_fits"][-1]["num_components"] if report["dyga_fits"] else None,
     }
-    record_path.write_text(json.dumps(record, indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
+def load_records(grid: str) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((RECORDS_DIR / grid).glob("*.json"))]
+
+
+def bootstrap_interval(differences: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `(num_seeds,)` paired differences."""
+    if len(differences) < 2:
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(differences), size=(resamples, len(differences)))
+    means = differences[draws].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def summarise(records: list[dict]) -> dict:
+    """Per variant and metric: seeds, mean, sample std and, against the reference, the paired statistics."""
+    by_variant = {name: {r["seed"]: r for r in records if r["variant"] == name} for name in VARIANTS}
     summary = {}
-    for variant in dict.fromkeys(r["variant"] for r in records):
-        runs = [r for r in records if r["variant"] == variant]
-        summary[variant] = {
-            "seeds": [r["seed"] for r in runs],
-            "training_minutes": [r["training_minutes"] for r in runs],
-            "mean": {k: float(np.mean([r["metrics"][k] for r in runs])) for k in runs[0]["metrics"]},
-            "std": {k: float(np.std([r["metrics"][k] for r in runs], ddof=1 if len(runs) > 1 else 0)) for k in runs[0]["metrics"]},
+    for name, runs in by_variant.items():
+        if not runs:
+            continue
+        reference = VARIANTS[name].reference
+        reference_runs = by_variant.get(reference, {}) if reference else {}
+        paired_seeds = sorted(set(runs) & set(reference_runs))
+        entry = {
+            "seeds": sorted(runs),
+            "reference": reference,
+            "paired_seeds": paired_seeds,
+            "sources": len({r["source"] for r in runs.values()}),
+            "devices": sorted({r.get("device") or "?" for r in runs.values()}),
+            "training_minutes": float(np.mean([r["training_minutes"] for r in runs.values()])),
+            "metrics": {},
         }
+        for key in METRICS:
+            values = np.array([runs[s]["metrics"].get(key, np.nan) for s in sorted(runs)])
+            stats = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+            if paired_seeds:
+                differences = np.array([runs[s]["metrics"][key] - reference_runs[s]["metrics"][key] for s in paired_seeds])
+                low, high = bootstrap_interval(differences)
+                stats.update(
+                    difference=float(differences.mean()), interval=[low, high], higher=int((differences > 0).sum())
+                )
+            entry["metrics"][key] = stats
+        summary[name] = entry
     return summary
 
 
-def markdown_table(summary: dict) -> str:
-    lines = ["| variant | seeds | " + " | ".join(HEADLINE.values()) + " | training min / run |"]
-    lines.append("|---" * (len(HEADLINE) + 3) + "|")
-    for variant, values in summary.items():
-        cells = [f"{values['mean'][k]:.3f} ± {values['std'][k]:.3f}" for k in HEADLINE]
-        minutes = f"{np.mean(values['training_minutes']):.1f}"
-        lines.append(f"| {variant} | {len(values['seeds'])} | " + " | ".join(cells) + f" | {minutes} |")
+def markdown_tables(grid: str, summary: dict) -> str:
+    """Two tables per grid: mean ± std per variant, and paired differences against each variant's reference."""
+    lines = [f"### {grid}", "", "| variant | seeds | " + " | ".join(METRICS.values()) + " | minutes / run | device |"]
+    lines.append("|---" * (len(METRICS) + 4) + "|")
+    for name, entry in summary.items():
+        cells = [f"{entry['metrics'][k]['mean']:.3f} ± {entry['metrics'][k]['std']:.3f}" for k in METRICS]
+        lines.append(
+            f"| {name} | {len(entry['seeds'])} | " + " | ".join(cells)
+            + f" | {entry['training_minutes']:.1f} | {', '.join(entry['devices'])} |"
+        )  # fmt: skip
+    lines += ["", "| variant − reference | paired seeds | " + " | ".join(METRICS.values()) + " |"]
+    lines.append("|---" * (len(METRICS) + 2) + "|")
+    for name, entry in summary.items():
+        if not entry["paired_seeds"]:
+            continue
+        cells = []
+        for key in METRICS:
+            stats = entry["metrics"][key]
+            low, high = stats["interval"]
+            interval = f" [{low:+.3f}, {high:+.3f}]" if np.isfinite(low) else ""
+            cells.append(f"{stats['difference']:+.3f}{interval} ({stats['higher']}/{len(entry['paired_seeds'])})")
+        lines.append(f"| {name} − {entry['reference']} | {len(entry['paired_seeds'])} | " + " | ".join(cells) + " |")
+    mixed = [name for name, entry in summary.items() if entry["sources"] > 1]
+    if mixed:
+        lines += ["", f"Runs from more than one version of the sources: {', '.join(mixed)}."]
     return "\n".join(lines) + "\n"
-
-
-def bar_chart(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = ["factor_vae/eval_accuracy", "dci/disentanglement", "mig/mig", "modularity_explicitness/modularity"]
-    width = 0.8 / len(summary)
-    figure, axis = plt.subplots(figsize=(8, 3.6))
-    for index, (variant, values) in enumerate(summary.items()):
-        positions = np.arange(len(metrics)) + (index - (len(summary) - 1) / 2) * width
-        means = [values["mean"][k] for k in metrics]
-        stds = [values["std"][k] for k in metrics]
-        axis.bar(positions, means, width, yerr=stds, capsize=3, label=variant)
-    axis.set_xticks(np.arange(len(metrics)), [HEADLINE[k] for k in metrics])
-    axis.set_ylim(0, 1)
-    axis.set_ylabel(f"mean ± std over {len(next(iter(summary.values()))['seeds'])} seeds")
-    axis.legend(ncols=len(summary), loc="upper center", bbox_to_anchor=(0.5, 1.15), frameon=False)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max_train_steps", type=int, default=400)
-    parser.add_argument("--factor_sizes", type=int, nargs=6, default=[3, 3, 3, 3, 3, 3])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--grid", nargs="+", default=["shapes"], choices=list(GRIDS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
+    parser.add_argument("--max_train_steps", type=int, default=400, help="400 steps: ~15 core-minutes on a CPU.")
+    parser.add_argument("--jobs", type=int, default=1, help="Runs trained at once.")
+    parser.add_argument("--threads_per_run", type=int, default=None, help="OMP threads per run (cores / jobs).")
     parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "ablation"))
-    parser.add_argument("--report_only", action="store_true", help="Only rebuild the report from finished runs.")
+    parser.add_argument("--report_only", action="store_true", help="Only rebuild the tables from the records.")
     parser.add_argument("extra_args", nargs=argparse.REMAINDER, help="After --: more train.py arguments for every run.")
     options = parser.parse_args()
     options.extra_args = [a for a in options.extra_args if a != "--"]
+    options.threads_per_run = options.threads_per_run or max(1, (os.cpu_count() or 1) // options.jobs)
     options.source = source_fingerprint()
 
-    os.makedirs(options.output_dir, exist_ok=True)
-    records = [train_or_reuse(options, variant, seed) for variant in options.variants for seed in options.seeds]
-    summary = summarise(records)
-    table = markdown_table(summary)
+    if options.report_only:
+        grids = [path.name for path in sorted(RECORDS_DIR.iterdir()) if path.is_dir()] if RECORDS_DIR.is_dir() else []
+    else:
+        grids = options.grid
+        runs = [(g, v, s) for g in grids for v in options.variants for s in options.seeds]
+        with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+            list(pool.map(lambda run: train(options, *run), runs))
+    report, payload = [], {}
+    for grid in grids:
+        summary = summarise(load_records(grid))
+        payload[grid] = summary
+        report.append(markdown_tables(grid, summary))
+    text = "\n".join(report)
+    print(text)
     output = Path(options.output_dir)
-    (output / "ablation.md").write_text(table)
-    bar_chart(summary, output / "ablation.png")
-    payload = {"machine": machine(), "options": vars(options), "summary": summary, "runs": records}
-    (output / "ablation.json").write_text(json.dumps(payload, indent=2))
-    rows = [[r["variant"], r["seed"], r["training_minutes"]] + [r["metrics"][k] for k in HEADLINE] for r in records]
-    print_table(["variant", "seed", "train min"] + list(HEADLINE.values()), rows)
-    print()
-    print(table)
-    print("wrote", output / "ablation.json", output / "ablation.md", output / "ablation.png")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "ablation.md").write_text(text)
+    (output / "ablation.json").write_text(json.dumps({"machine": machine(), "summary": payload}, indent=2))
+    print("wrote", output / "ablation.md", output / "ablation.json")
 
 
 if __name__ == "__main__":

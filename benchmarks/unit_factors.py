@@ -1,8 +1,9 @@
 """What each latent unit of a trained pipeline holds: the share of its variance explained by each factor.
 
     python benchmarks/unit_factors.py benchmarks/results/ablation/SD-DyGA-seed0 --factor_sizes 3 3 3 3 3 3
+    python benchmarks/unit_factors.py outputs/dsprites --dataset dsprites --factor_sizes 3 3 4 8 8
 
-Encodes the whole `shapes` grid and, for each unit and factor, takes the share of the unit's variance that the factor
+Encodes the whole built-in grid and, for each unit and factor, takes the share of the unit's variance that the factor
 explains (`diffusers_dyga.evaluation.unit_factor_shares`: 1 for a unit that is a function of that factor alone, 0
 for a unit that ignores it). Also prints each unit's kurtosis and the mean absolute correlation between units.
 """
@@ -23,12 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", help="A saved DisentangledDiffusionPipeline folder.")
-    parser.add_argument("--factor_sizes", type=int, nargs=6, default=[3, 3, 3, 3, 3, 3])
+    parser.add_argument("--dataset", default="shapes", help="Built-in grid: shapes or dsprites.")
+    parser.add_argument("--factor_sizes", type=int, nargs="+", default=[3, 3, 3, 3, 3, 3])
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "unit_factors.json"))
     options = parser.parse_args()
 
-    dataset = load_builtin("shapes", resolution=options.resolution, factor_sizes=tuple(options.factor_sizes))
+    dataset = load_builtin(options.dataset, resolution=options.resolution, factor_sizes=tuple(options.factor_sizes))
     pipeline = DisentangledDiffusionPipeline.from_pretrained(options.pipeline)
     pipeline.set_progress_bar_config(disable=True)
     codes = encode_dataset(pipeline.encode, dataset)
