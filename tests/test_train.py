@@ -332,3 +332,28 @@ def test_paper_pixel_preset_is_the_official_architecture_and_trains_end_to_end(t
         "official", "batch", "full"
     )  # fmt: skip
     assert json.loads((output / "training_report.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("fit_on", ["encoded", "anchored"])
+def test_dyga_refits_fit_the_encoded_or_the_anchored_tokens(tmp_path, cache_dir, monkeypatch, fit_on):
+    from accelerate import Accelerator
+
+    args = train.parse_args(
+        tiny_args(tmp_path, cache_dir, "--dyga_fit_on", fit_on, "--dyga_lambda_mode", "fixed", "--dyga_lambda", "0.5")
+    )
+    dataset = load_builtin("shapes", resolution=16, factor_sizes=(2, 2, 2, 1, 2, 1), cache_dir=cache_dir)
+    encoder, _, anchorer, _ = train.build_models(args, in_channels=3, latent_channels=3)
+    accelerator = Accelerator(cpu=True)
+    train.fit_anchorer(args, accelerator, encoder, anchorer, dataset, step=1)
+    fitted = []
+    monkeypatch.setattr(anchorer, "fit", lambda tokens: fitted.append(tokens))
+    train.fit_anchorer(args, accelerator, encoder, anchorer, dataset, step=1)
+    images = train.prepare_images(dataset["image"], 16, 3)
+    with torch.no_grad():
+        encoded = encoder.eval()(images).tokens
+    rows = fitted[0]
+    expected = anchorer.align(encoded) if fit_on == "anchored" else encoded
+    order = lambda tokens: tokens.flatten(1).sum(1).argsort()  # noqa: E731 (the fit draws the rows in its own order)
+    torch.testing.assert_close(rows[order(rows)], expected[order(expected)], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(anchorer.align(encoded), encoded)
+    assert train.PRESETS["paper"]["dyga_fit_on"] == "anchored" and train.PRESETS["tiny"]["dyga_fit_on"] == "encoded"

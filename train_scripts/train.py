@@ -115,6 +115,7 @@ PRESETS = {
         "dyga_max_components": 10,
         "dyga_max_iterations": 100,
         "dyga_lambda_mode": "adaptive",
+        "dyga_fit_on": "encoded",
     },
     "paper": {
         "resolution": 64,
@@ -172,6 +173,7 @@ PRESETS = {
         "dyga_max_components": 32,
         "dyga_max_iterations": 30,
         "dyga_lambda_mode": "batch",
+        "dyga_fit_on": "anchored",
     },
 }
 PRESETS["paper-pixel"] = {**PRESETS["paper"], "attention_resolutions": [16, 8], "skip_dropout_resolutions": [64, 32]}
@@ -264,6 +266,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dyga_max_iterations", type=int, default=None, help="EM iterations per fit.")
     model.add_argument("--dyga_init_components", type=int, default=None, help="Used by the token-space search only.")
     model.add_argument("--dyga_max_components", type=int, default=None)
+    model.add_argument(
+        "--dyga_fit_on",
+        choices=["encoded", "anchored"],
+        default=None,
+        help="What each refit fits: the encoded tokens, or (official) those tokens pulled toward the previous anchors.",
+    )
     model.add_argument("--dyga_lambda_mode", choices=["adaptive", "batch", "fixed"], default=None)
     model.add_argument("--dyga_lambda", type=float, default=0.1)
     model.add_argument("--num_train_timesteps", type=int, default=None)
@@ -586,6 +594,7 @@ RESUME_SETTINGS = (
     "skip_dropout_resolutions", "token_dropout", "dyga", "dyga_every", "dyga_samples", "dyga_structure",
     "dyga_covariance_type", "dyga_max_iterations", "dyga_fit_space",
     "dyga_selection_criterion", "dyga_init_components", "dyga_max_components", "dyga_lambda_mode", "dyga_lambda",
+    "dyga_fit_on",
     "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "timestep_bias_power", "prediction_type", "loss",
     "detail_loss_weight", "train_batch_size", "gradient_accumulation_steps", "use_ema", "ema_decay", "seed",
 )  # fmt: skip
@@ -639,8 +648,9 @@ def anchorer_checksum(anchorer: DyGAAnchorer) -> str:
 @torch.no_grad()
 def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> dict:
     """Encodes `dyga_samples` distinct rows (all of a smaller dataset; split across processes) with the encoder in eval
-    mode, as the pipeline encodes, gathers the tokens on every process, fits the anchorer, then broadcasts rank 0's
-    state so every rank holds exactly the same anchors."""
+    mode, as the pipeline encodes (with `--dyga_fit_on anchored`, as the official code, the tokens are first pulled
+    toward the previous fit's anchors, in chunks of 256), gathers the tokens on every process, fits the anchorer, then
+    broadcasts rank 0's state so every rank holds exactly the same anchors."""
     per_process = max(1, min(args.dyga_samples, len(dataset)) // accelerator.num_processes)
     rows = np.random.RandomState(args.seed + step).choice(
         len(dataset), per_process * accelerator.num_processes, replace=False
@@ -651,7 +661,10 @@ def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> di
         for start in range(0, len(mine), 256):
             batch = dataset.select(mine[start : start + 256].tolist())["image"]
             images = prepare_images(batch, args.resolution, encoder.config.in_channels)
-            tokens.append(encoder(images.to(accelerator.device, dtype=encoder.dtype)).tokens.float())
+            chunk = encoder(images.to(accelerator.device, dtype=encoder.dtype)).tokens
+            if args.dyga_fit_on == "anchored" and anchorer.is_fitted:
+                chunk = anchorer.align(chunk)
+            tokens.append(chunk.float())
     all_tokens = accelerator.gather(torch.cat(tokens))
     start = time.perf_counter()
     anchorer.fit(all_tokens.cpu())
