@@ -113,6 +113,12 @@ def test_dci_arithmetic_by_hand():
     assert disentanglement(np.zeros((2, 2))) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_dci_values_do_not_depend_on_parallel_fits(factors):
+    codes = factors / np.array(SIZES) + 0.05 * np.random.RandomState(0).randn(len(factors), len(SIZES))
+    sizes = {"num_train": 200, "num_test": 100}
+    assert dci(codes[:, :2], factors[:, :2], n_jobs=None, **sizes) == dci(codes[:, :2], factors[:, :2], n_jobs=2, **sizes)
+
+
 def test_modularity_by_hand():
     assert modularity(np.array([[1.0, 0.0], [0.0, 2.0]])) == pytest.approx(1.0)
     assert modularity(np.array([[1.0, 1.0]])) == pytest.approx(0.0)

@@ -685,7 +685,8 @@ def evaluate(pipeline: DisentangledDiffusionPipeline, dataset: datasets.Dataset,
         return None
     representations = REPRESENTATIONS if final else ("units",)
     sizes = metric_sizes(args, len(dataset), final)
-    metrics, codes = evaluate_pipeline(pipeline, dataset, representations, **sizes, random_state=args.seed)
+    parallel = {"n_jobs": -1} if final else {}
+    metrics, codes = evaluate_pipeline(pipeline, dataset, representations, **sizes, random_state=args.seed, **parallel)
     if final and args.control_num_sources > 0:
         report = evaluate_controllability(
             pipeline,

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_train", type=int, default=10000)
     parser.add_argument("--num_test", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=-1, help="Processes for DCI's per-factor fits (-1: every core; same values).")
     parser.add_argument(
         "--representations", nargs="+", choices=REPRESENTATIONS, default=list(REPRESENTATIONS), help="What the metrics score."
     )
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         num_train=args.num_train,
         num_test=args.num_test,
         random_state=args.seed,
+        n_jobs=args.jobs,
     )
     metric_seconds = time.perf_counter() - start
     control = None

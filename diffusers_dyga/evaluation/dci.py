@@ -58,7 +58,8 @@ def dci(
     Disentanglement is 1 - entropy over factors per code (base num_factors), weighted by code importance;
     completeness is 1 - entropy over codes per factor (base num_codes), weighted by factor importance;
     informativeness is the classifiers' mean accuracy. A factor with one value gets zero importances and the
-    trivial accuracy. `n_jobs` fits the factors' classifiers in parallel.
+    trivial accuracy. `n_jobs` fits the factors' classifiers in parallel (joblib; -1: one process per core, `None`:
+    in this process), the factors with most classes first; the values do not depend on it.
 
     Returns:
         `disentanglement`, `completeness`, `informativeness_train`, `informativeness_test` (the reported one).
@@ -68,10 +69,12 @@ def dci(
     train = sample_rows(len(codes), num_train, random_state)
     test = sample_rows(len(codes), num_test, random_state)
     seeds = random_state.randint(2**31 - 1, size=factors.shape[1])
-    results = Parallel(n_jobs=n_jobs)(
+    largest_first = np.argsort([-len(np.unique(factors[train, j])) for j in range(factors.shape[1])], kind="stable")
+    fitted = Parallel(n_jobs=n_jobs)(
         delayed(_fit_factor)(codes[train], factors[train, j], codes[test], factors[test, j], seeds[j])
-        for j in range(factors.shape[1])
+        for j in largest_first
     )
+    results = [fitted[position] for position in np.argsort(largest_first)]
     importance = np.stack([r[0] for r in results], axis=1)
     return {
         "disentanglement": disentanglement(importance),

@@ -35,7 +35,7 @@ def evaluate_representation(
 
     `num_train` / `num_test` set every metric's train and test sizes (FactorVAE: training votes and variance
     estimate / evaluation votes); the defaults are disentanglement_lib's. Each metric starts from
-    `RandomState(random_state)`.
+    `RandomState(random_state)`. `n_jobs` fits DCI's per-factor classifiers in parallel (-1: every core; same values).
 
     Returns:
         `{"factor_vae": {...}, "dci": {...}, "mig": {...}, "sap": {...}, "modularity_explicitness": {...},
