@@ -9,20 +9,55 @@ from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
+import diffusers
 import torch
 from diffusers import AutoencoderKL, VQModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import BaseOutput, make_image_grid
+from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import snapshot_download
+from huggingface_hub import create_repo, snapshot_download
 
 from .anchorer import DyGAAnchorer
 from .encoder import DisentangledEncoder
+from .hub_layout import write_hub_layout
 from .skip_dropout_unet import SkipDropoutUNet
 
 ImageInput = PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor
+COMPONENT_CLASSES = {"encoder": DisentangledEncoder, "unet": SkipDropoutUNet, "anchorer": DyGAAnchorer}
+
+
+def diffusers_class(spec: list, name: str, bases: tuple[type, ...]) -> type:
+    """The diffusers class a `model_index.json` entry `[library, class_name]` names for component `name`."""
+    library, class_name = spec
+    load_class = getattr(diffusers, class_name, None) if library == "diffusers" else None
+    if not (isinstance(load_class, type) and issubclass(load_class, bases)):
+        expected = " or ".join(base.__name__ for base in bases)
+        raise ValueError(f"model_index.json names {library}.{class_name} as '{name}', which is not a diffusers {expected}.")
+    return load_class
+
+
+def checkpoint_file_patterns(variant: str | None, use_safetensors: bool | None) -> list[str]:
+    """What a Hub download of a saved pipeline fetches: the index, configs, and the weights of one variant
+    (diffusers' names: `diffusion_pytorch_model[.variant].safetensors`, its shards and shard index)."""
+    infix = f".{variant}" if variant else ""
+    extensions = ["safetensors"] + (["bin"] if use_safetensors is False else [])
+    weights = [f"*/diffusion_pytorch_model{infix}.{ext}" for ext in extensions]
+    weights += [f"*/diffusion_pytorch_model{infix}-*-of-*.{ext}" for ext in extensions]
+    weights += [f"*/diffusion_pytorch_model.{ext}.index{infix}.json" for ext in extensions]
+    return ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", *weights]
+
+
+def has_weights(component_folder: str, variant: str | None) -> bool:
+    """Whether a component folder holds weights of `variant` (whole, or a shard index) in a format diffusers loads."""
+    infix = f".{variant}" if variant else ""
+    names = set(os.listdir(component_folder))
+    return any(
+        f"diffusion_pytorch_model{infix}.{ext}" in names or f"diffusion_pytorch_model.{ext}.index{infix}.json" in names
+        for ext in ("safetensors", "bin")
+    )
 
 
 @dataclass
@@ -128,23 +163,84 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DisentangledDiffusionPipeline":
-        """Loads from a local folder or a Hub repo id (downloaded with `snapshot_download` first, since diffusers'
-        own loader does not resolve third-party components from the Hub)."""
-        if not os.path.isdir(pretrained_model_name_or_path):
-            pretrained_model_name_or_path = snapshot_download(
-                str(pretrained_model_name_or_path),
-                revision=kwargs.pop("revision", None),
-                cache_dir=kwargs.get("cache_dir"),
-                token=kwargs.get("token"),
-                local_files_only=kwargs.get("local_files_only", False),
-                force_download=kwargs.get("force_download", False),
+        """Loads from a local folder or a Hub repo id, running no code from the folder or repo.
+
+        Accepts diffusers' `revision`, `cache_dir`, `token`, `local_files_only`, `force_download` (repo ids only),
+        `variant` (only that variant's weights are downloaded), `torch_dtype`, `use_safetensors`,
+        `low_cpu_mem_usage`, and components to use instead of the saved ones (`scheduler=DDIMScheduler(...)`).
+        """
+        components = {name: kwargs.pop(name) for name in ("encoder", "unet", "scheduler", "anchorer", "vae") if name in kwargs}
+        download_kwargs = {name: kwargs.pop(name) for name in ("revision", "cache_dir", "token", "local_files_only", "force_download") if name in kwargs}
+        load_kwargs = {name: kwargs.pop(name) for name in ("torch_dtype", "variant", "use_safetensors", "low_cpu_mem_usage") if name in kwargs}
+        guidance_scale = kwargs.pop("guidance_scale", None)
+        if kwargs:
+            raise TypeError(f"DisentangledDiffusionPipeline.from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}.")
+        folder = str(pretrained_model_name_or_path)
+        from_hub = not os.path.isdir(folder)
+        if from_hub:
+            folder = snapshot_download(
+                folder,
+                allow_patterns=checkpoint_file_patterns(load_kwargs.get("variant"), load_kwargs.get("use_safetensors")),
+                **download_kwargs,
             )
-        cls.check_checkpoint(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        try:
+            cls.check_checkpoint(folder, variant=load_kwargs.get("variant"), skip=set(components))
+        except ValueError as error:
+            if not from_hub:
+                raise
+            raise ValueError(
+                f"The download of {pretrained_model_name_or_path} in {folder} is incomplete or not a saved "
+                f"DisentangledDiffusionPipeline: {error} Load it again with a connection to finish the download "
+                "(force_download=True fetches every file again)."
+            ) from error
+        index = cls.load_config(folder)
+        for name, load_class in COMPONENT_CLASSES.items():
+            library, class_name = index.get(name, [None, None])
+            if name in components or class_name is None:
+                continue
+            if class_name != load_class.__name__:
+                raise ValueError(f"{folder}/model_index.json names {library}.{class_name} as '{name}'; this pipeline loads a {load_class.__name__} there.")
+            components[name] = load_class.from_pretrained(folder, subfolder=name, **load_kwargs)
+        if "vae" not in components and index.get("vae", [None, None])[1] is not None:
+            components["vae"] = diffusers_class(index["vae"], "vae", (AutoencoderKL, VQModel)).from_pretrained(
+                folder, subfolder="vae", **load_kwargs
+            )
+        if "scheduler" not in components:
+            components["scheduler"] = diffusers_class(index["scheduler"], "scheduler", (SchedulerMixin,)).from_pretrained(
+                folder, subfolder="scheduler"
+            )
+        pipeline = cls(**components, guidance_scale=index.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale)
+        pipeline.register_to_config(_name_or_path=folder)
+        return pipeline
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """diffusers' `save_pretrained`, plus the module files that let plain diffusers load the folder or its Hub
+        repo (see `diffusers_dyga.hub_layout`). With `push_to_hub=True` the folder is uploaded to `repo_id` (default:
+        the folder's name) as diffusers does, with `commit_message`, `private`, `create_pr` and `token`."""
+        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size)
+        write_hub_layout(save_directory)
+        if push_to_hub:
+            token = kwargs.pop("token", None)
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            repo_id = create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None), token=token).repo_id
+            model_card = populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True))
+            model_card.save(os.path.join(save_directory, "README.md"))
+            self._upload_folder(
+                save_directory, repo_id, token=token, commit_message=kwargs.pop("commit_message", None), create_pr=kwargs.pop("create_pr", False)
+            )
 
     @staticmethod
-    def check_checkpoint(folder: str | os.PathLike) -> None:
-        """Raises a `ValueError` naming what is missing when `folder` is not a complete saved pipeline."""
+    def check_checkpoint(folder: str | os.PathLike, variant: str | None = None, skip: set[str] = frozenset()) -> None:
+        """Raises a `ValueError` naming what is missing when `folder` is not a complete saved pipeline (components
+        named in `skip` are passed in by the caller and not checked)."""
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise ValueError(f"{folder} is not a saved DisentangledDiffusionPipeline: it has no model_index.json.")
@@ -153,13 +249,14 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
                 index = json.load(index_file)
         except json.JSONDecodeError as error:
             raise ValueError(f"{index_path} is corrupt: {error}.") from error
-        for name, spec in index.items():
-            if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-                continue
+        listed = {name for name, spec in index.items() if not name.startswith("_") and isinstance(spec, list) and spec[0] is not None}
+        for name in sorted(listed - skip):
             component = os.path.join(folder, name)
             if not os.path.isdir(component) or not any(f.endswith(".json") for f in os.listdir(component)):
                 raise ValueError(f"The saved pipeline in {folder} lacks its '{name}' component (no config in {component}).")
-        listed = {name for name, spec in index.items() if isinstance(spec, list) and spec[0] is not None}
+            if name != "scheduler" and not has_weights(component, variant):
+                which = f"'{variant}' weights" if variant else "weights"
+                raise ValueError(f"The saved pipeline in {folder} has no {which} for its '{name}' component in {component}.")
         for name in ("encoder", "unet", "anchorer", "vae"):
             if name not in listed and os.path.isfile(os.path.join(folder, name, "config.json")):
                 raise ValueError(

@@ -262,6 +262,42 @@ def test_loads_from_a_hub_repo_id_through_snapshot_download(pipeline, tmp_path, 
         DisentangledDiffusionPipeline.from_pretrained("someone/missing-repo", cache_dir=tmp_path / "hub")
 
 
+def test_folders_saved_before_the_hub_layout_still_load(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["_class_name"] = "DisentangledDiffusionPipeline"
+    for name, module in [("encoder", "encoder"), ("unet", "skip_dropout_unet"), ("anchorer", "anchorer")]:
+        index[name][0] = f"diffusers_dyga.{module}"
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    for module_file in tmp_path.rglob("*.py"):
+        module_file.unlink()
+    images = random_images(2)
+    expected = render(pipeline, images=images).images
+    loaded = DisentangledDiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(render(loaded, images=images).images, expected)
+    plain = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
+    plain.set_progress_bar_config(disable=True)
+    assert torch.equal(render(plain, images=images).images, expected)
+
+
+def test_from_pretrained_names_unexpected_arguments_and_foreign_components(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="unexpected arguments: custom_thing"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path, custom_thing=1)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="names diffusers.UNet2DConditionModel as 'unet'; this pipeline loads a SkipDropoutUNet"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path)
+    index["unet"], index["scheduler"] = ["diffusers_dyga_skip_dropout_unet", "SkipDropoutUNet"], ["diffusers", "Nope"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="names diffusers.Nope as 'scheduler', which is not a diffusers SchedulerMixin"):
+        DisentangledDiffusionPipeline.from_pretrained(tmp_path)
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    assert DisentangledDiffusionPipeline.from_pretrained(tmp_path, scheduler=scheduler).scheduler is scheduler
+
+
 def test_corrupt_component_checkpoint_raises(pipeline, tmp_path):
     pipeline.save_pretrained(tmp_path / "truncated")
     weights = tmp_path / "truncated" / "unet" / "diffusion_pytorch_model.safetensors"

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from huggingface_hub.utils import filter_repo_objects
 
 from diffusers_dyga import DisentangledDiffusionPipeline
 from diffusers_dyga.data import load_builtin
@@ -155,32 +154,22 @@ def test_two_process_launch_shares_one_anchorer_state(tmp_path, cache_dir):
     DisentangledDiffusionPipeline.from_pretrained(output)
 
 
-def test_push_to_hub_uploads_the_pipeline_without_checkpoints_or_logs(tmp_path, cache_dir, monkeypatch):
-    uploads = {}
-
-    class FakeRepo:
-        repo_id = "someone/tiny-dyga"
-
-    def fake_create_repo(repo_id, **kwargs):
-        uploads["created"] = repo_id
-        return FakeRepo()
-
-    def fake_upload_folder(repo_id, folder_path, ignore_patterns=None, **kwargs):
-        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
-        uploads["repo_id"] = repo_id
-        uploads["files"] = sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))
-
-    monkeypatch.setattr(train, "create_repo", fake_create_repo)
-    monkeypatch.setattr(train, "upload_folder", fake_upload_folder)
+def test_push_to_hub_uploads_the_pipeline_without_checkpoints_or_logs(tmp_path, cache_dir, hub):
     output = tmp_path / "push"
     train.main(train.parse_args(tiny_args(output, cache_dir, "--push_to_hub", "--hub_model_id", "someone/tiny-dyga")))
-    assert uploads["created"] == uploads["repo_id"] == "someone/tiny-dyga"
-    files = uploads["files"]
+    repo = hub.repos["someone/tiny-dyga"]
+    files = sorted(repo.commits[repo.resolve("main")])
     assert "model_index.json" in files and "README.md" in files and "interchange_grid.png" in files
     assert "anchorer/diffusion_pytorch_model.safetensors" in files and "unet/config.json" in files
-    assert not [f for f in files if f.startswith(("checkpoint-", "logs/", "validation/"))]
+    assert "disentangled_diffusion.py" in files and "encoder/diffusers_dyga_encoder.py" in files
+    assert not [f for f in files if f.startswith(("checkpoint-", "logs/", "validation/", ".pipeline", ".checkpoint"))], files
     card = (output / "README.md").read_text()
     assert 'from_pretrained("someone/tiny-dyga")' in card and "# someone/tiny-dyga" in card
+    loaded = DisentangledDiffusionPipeline.from_pretrained("someone/tiny-dyga")
+    saved = DisentangledDiffusionPipeline.from_pretrained(output)
+    for name in ("encoder", "unet", "anchorer"):
+        for (key, value), (_, saved_value) in zip(getattr(loaded, name).state_dict().items(), getattr(saved, name).state_dict().items()):
+            assert torch.equal(value, saved_value), f"{name}.{key}"
 
 
 def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
