@@ -253,7 +253,8 @@ def main() -> None:
         grids = [path.name for path in sorted(RECORDS_DIR.iterdir()) if path.is_dir()] if RECORDS_DIR.is_dir() else []
     else:
         grids = options.grid
-        runs = [(g, v, s) for g in grids for v in options.variants for s in options.seeds]
+        # Seed by seed, so that a stopped session leaves complete pairs.
+        runs = [(g, v, s) for g in grids for s in options.seeds for v in options.variants]
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
             list(pool.map(lambda run: train(options, *run), runs))
     report, payload = [], {}
