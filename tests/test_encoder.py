@@ -189,6 +189,7 @@ def test_gaussian_unit_posterior_samples_tokens_in_training_and_uses_the_means_o
     images = random_images(5)
     training = encoder.train()(images)
     assert training.unit_log_variance.shape == (5, NUM_UNITS)
+    torch.testing.assert_close(training.unit_log_variance.mul(0.5).exp(), torch.full((5, NUM_UNITS), 0.05))
     assert not torch.allclose(training.tokens, encoder.embed(training.units))
     evaluation = encoder.eval()(images)
     torch.testing.assert_close(evaluation.units, training.units)
