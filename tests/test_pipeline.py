@@ -230,13 +230,16 @@ def test_save_load_gives_identical_outputs(pipeline, tmp_path):
     assert torch.equal(render(loaded, num_images=3).images, render(pipeline, num_images=3).images)
 
 
-def test_plain_diffusers_loads_it_with_custom_pipeline(pipeline, tmp_path):
+@pytest.mark.parametrize("custom_pipeline", [None, str(PIPELINE_FILE)], ids=["own-file", "custom_pipeline"])
+def test_plain_diffusers_loads_a_saved_folder(pipeline, tmp_path, custom_pipeline):
     pipeline.save_pretrained(tmp_path)
-    loaded = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=custom_pipeline, trust_remote_code=True)
     assert type(loaded).__name__ == "DisentangledDiffusionPipeline"
     loaded.set_progress_bar_config(disable=True)
     images = random_images(2)
     assert torch.equal(render(loaded, images=images).images, render(pipeline, images=images).images)
+    with pytest.raises(ValueError, match="(?s)custom code .*trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(tmp_path)
 
 
 def build_offline_hub_cache(pipeline, cache_dir: Path, repo_id: str) -> Path:
