@@ -1,0 +1,66 @@
+"""Latency of the unit explorer: one slider move (a render from units; the image is encoded once) and one encode.
+
+    python benchmarks/demo_latency.py --pipeline outputs/shapes-tiny --steps 10 25 --moves 20
+
+Prints a table and writes `benchmarks/results/demo_latency.json`. Times are wall-clock medians on this machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from diffusers_dyga import DisentangledDiffusionPipeline
+from diffusers_dyga.explorer import UnitExplorer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25])
+    parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--output", default="benchmarks/results/demo_latency.json")
+    args = parser.parse_args()
+
+    pipeline = DisentangledDiffusionPipeline.from_pretrained(args.pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    explorer = UnitExplorer(pipeline)
+    size, channels = pipeline.encoder.config.sample_size, pipeline.encoder.config.in_channels
+    image = pipeline.image_processor.postprocess(torch.rand(1, channels, size, size), output_type="pil")[0]
+    encode_times = []
+    for _ in range(args.moves):
+        start = time.perf_counter()
+        units = explorer.encode(image)
+        encode_times.append(time.perf_counter() - start)
+    rows = []
+    for steps in args.steps:
+        explorer.render(explorer.units_tensor(units), steps)
+        move_times = []
+        for move in range(args.moves):
+            moved = list(units)
+            moved[move % len(units)] += 0.5
+            start = time.perf_counter()
+            explorer.render(explorer.units_tensor(moved), steps)
+            move_times.append(time.perf_counter() - start)
+        rows.append({"steps": steps, "median_s": statistics.median(move_times), "max_s": max(move_times)})
+    print(f"| what | median s | max s |\n|---|---|---|\n| encode one image | {statistics.median(encode_times):.3f} | {max(encode_times):.3f} |")
+    for row in rows:
+        print(f"| slider move, {row['steps']} DDIM steps | {row['median_s']:.3f} | {row['max_s']:.3f} |")
+    result = {
+        "pipeline": args.pipeline,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "encode_median_s": statistics.median(encode_times),
+        "moves": rows,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    print("wrote", args.output)
+
+
+if __name__ == "__main__":
+    main()
