@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def usage_snippets() -> list[str]:
-    usage = README.read_text().split("\n## Usage\n", 1)[1].split("\n## ", 1)[0]
+    usage = README.read_text().split("\n## Usage\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     return re.findall(r"```python\n(.*?)```", usage, flags=re.DOTALL)
 
 

@@ -148,7 +148,7 @@ def test_plain_diffusers_loads_a_repo_id_in_a_fresh_process_online_and_offline(h
         "HF_HUB_CACHE": constants.HF_HUB_CACHE,
         "HF_MODULES_CACHE": str(tmp_path / "modules"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
-        "OMP_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),  # the same reductions as this process, hence the same bits
     }
     # Offline, diffusers (0.42) fetches a repo's own pipeline file through `model_info` and fails; with
     # `custom_pipeline` naming a local file it loads from the cache.
