@@ -84,7 +84,8 @@ def build_demo(pipeline: DisentangledDiffusionPipeline | str, examples: list[PIL
             gr.Slider(value=value, minimum=min(scale.low, value), maximum=max(scale.high, value))
             for value, scale in zip(units, scales)
         ]
-        return [*sliders, enlarged(explorer.render(explorer.units_tensor(units))[0])]
+        reconstruction = explorer.render(explorer.units_tensor(units))[0]
+        return [*sliders, enlarged(explorer.fit_image(image)), enlarged(reconstruction)]
 
     def render(*values):
         *units, steps, snap = values
@@ -121,6 +122,7 @@ def build_demo(pipeline: DisentangledDiffusionPipeline | str, examples: list[PIL
         )
         with gr.Row():
             source = gr.Image(type="pil", image_mode=image_mode, label="Image", sources=["upload", "clipboard"], elem_id="source")
+            seen = gr.Image(type="pil", format="png", label="What the model reads", interactive=False, elem_id="model-input")
             output = gr.Image(type="pil", format="png", label="Render", interactive=False, elem_id="render")
         if examples:
             gr.Examples([[image] for image in examples], inputs=source, label="Examples")
@@ -132,8 +134,8 @@ def build_demo(pipeline: DisentangledDiffusionPipeline | str, examples: list[PIL
             for name, scale in zip(unit_names, scales):
                 anchors = ", ".join(f"{a:.2f}" for a in scale.anchors) or "none (no fitted anchorer)"
                 sliders.append(gr.Slider(scale.low, scale.high, value=0.0, step=(scale.high - scale.low) / 200, label=name, info=f"anchors: {anchors}", min_width=160, elem_id=name.replace(" ", "-")))
-        source.upload(shown_errors(encode), [source], [*sliders, output], api_name="encode")
-        gr.Button("Encode and reconstruct").click(shown_errors(encode), [source], [*sliders, output], api_name=False)
+        source.upload(shown_errors(encode), [source], [*sliders, seen, output], api_name="encode")
+        gr.Button("Encode and reconstruct").click(shown_errors(encode), [source], [*sliders, seen, output], api_name=False)
         for slider in sliders:
             slider.release(shown_errors(render), [*sliders, steps, snap], [output, *sliders], api_name=False)
         gr.Button("Render").click(shown_errors(render), [*sliders, steps, snap], [output, *sliders], api_name="render")

@@ -85,7 +85,10 @@ def test_the_app_renders_what_the_pipeline_renders_through_gradio_client(pipelin
         client = Client(demo.local_url, verbose=False)
         image = pil_images(1)[0]
         image.save(tmp_path / "image.png")
-        *sliders, reconstruction = client.predict(handle_file(str(tmp_path / "image.png")), api_name="/encode")
+        *sliders, seen, reconstruction = client.predict(handle_file(str(tmp_path / "image.png")), api_name="/encode")
+        seen = PIL.Image.open(seen).convert("RGB")
+        assert seen.size == (SIZE * (256 // SIZE),) * 2, "the model's input shown enlarged"
+        assert np.array_equal(np.asarray(seen.resize((SIZE, SIZE), PIL.Image.NEAREST)), np.asarray(image.convert("RGB")))
         units = [slider["value"] for slider in sliders]
         assert all(slider["minimum"] <= slider["value"] <= slider["maximum"] for slider in sliders)
         torch.testing.assert_close(torch.tensor(units), pipeline.encode([image])[0].float())
