@@ -1,8 +1,11 @@
 """Latency of the unit explorer: one slider move (a render from units; the image is encoded once) and one encode.
 
     python benchmarks/demo_latency.py --pipeline outputs/shapes-tiny --steps 10 25 --moves 20
+    python benchmarks/demo_latency.py --pipeline outputs/shapes-tiny --through_app   # needs the `demo` extra
 
 Prints a table and writes `benchmarks/results/demo_latency.json`. Times are wall-clock medians on this machine.
+`--through_app` also times the whole round trip a page makes: the Gradio app launched on 127.0.0.1 and its `/render`
+endpoint called through `gradio_client` (the returned PNG is downloaded, as a browser would).
 """
 
 import argparse
@@ -19,11 +22,38 @@ from diffusers_dyga import DisentangledDiffusionPipeline
 from diffusers_dyga.explorer import UnitExplorer
 
 
+def app_round_trips(pipeline: DisentangledDiffusionPipeline, units: list[float], steps: list[int], moves: int) -> list[dict]:
+    """Times `/render` of the launched app through `gradio_client`, `moves` calls per step count."""
+    from gradio_client import Client
+
+    from diffusers_dyga.demo import build_demo
+
+    demo = build_demo(pipeline)
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        rows = []
+        for count in steps:
+            client.predict(*units, count, False, api_name="/render")
+            move_times = []
+            for move in range(moves):
+                moved = list(units)
+                moved[move % len(units)] += 0.5
+                start = time.perf_counter()
+                client.predict(*moved, count, False, api_name="/render")
+                move_times.append(time.perf_counter() - start)
+            rows.append({"steps": count, "median_s": statistics.median(move_times), "max_s": max(move_times), "through_app": True})
+        return rows
+    finally:
+        demo.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True)
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25])
     parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--through_app", action="store_true", help="Also time /render through a launched app.")
     parser.add_argument("--output", default="benchmarks/results/demo_latency.json")
     args = parser.parse_args()
 
@@ -48,9 +78,12 @@ def main() -> None:
             explorer.render(explorer.units_tensor(moved), steps)
             move_times.append(time.perf_counter() - start)
         rows.append({"steps": steps, "median_s": statistics.median(move_times), "max_s": max(move_times)})
+    if args.through_app:
+        rows += app_round_trips(pipeline, units, args.steps, args.moves)
     print(f"| what | median s | max s |\n|---|---|---|\n| encode one image | {statistics.median(encode_times):.3f} | {max(encode_times):.3f} |")
     for row in rows:
-        print(f"| slider move, {row['steps']} DDIM steps | {row['median_s']:.3f} | {row['max_s']:.3f} |")
+        where = ", through the app" if row.get("through_app") else ""
+        print(f"| slider move, {row['steps']} DDIM steps{where} | {row['median_s']:.3f} | {row['max_s']:.3f} |")
     result = {
         "pipeline": args.pipeline,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
