@@ -6,7 +6,7 @@ import datasets
 import PIL.Image
 import torch
 
-from .data import images_to_tensor, load_builtin, load_image_dataset
+from .data import DecodedImages, fit_images, images_to_tensor, load_builtin, load_image_dataset, to_model_range
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -43,14 +43,36 @@ def load_training_data(args: argparse.Namespace) -> datasets.Dataset:
 
 def prepare_images(images: list[PIL.Image.Image], resolution: int, channels: int) -> torch.Tensor:
     """Dataset images -> `(B, channels, resolution, resolution)` in [-1, 1]; other sizes are centre-cropped to a
-    square and resized, as in the diffusers example scripts."""
-    mode = "L" if channels == 1 else "RGB"
-    prepared = []
-    for image in images:
-        image = image.convert(mode) if image.mode != mode else image
-        if image.size != (resolution, resolution):
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), PIL.Image.BICUBIC)
-        prepared.append(image)
-    return images_to_tensor(prepared)
+    square and resized, as in the diffusers example scripts ([`fit_images`])."""
+    return images_to_tensor(fit_images(images, resolution, channels))
+
+
+class TrainingImages:
+    """The training images as the models take them, `(batch, channels, resolution, resolution)` in [-1, 1]: indexed
+    from a [`DecodedImages`] tensor when one is given (converted on the target device), otherwise decoded from the
+    dataset's rows with PIL ([`prepare_images`]). Both give the same values."""
+
+    def __init__(self, dataset: datasets.Dataset, resolution: int, channels: int, decoded: DecodedImages | None = None):
+        if decoded is not None and len(decoded) != len(dataset):
+            raise ValueError(f"The decoded tensor has {len(decoded)} rows, the dataset {len(dataset)}.")
+        self.dataset, self.resolution, self.channels, self.decoded = dataset, resolution, channels, decoded
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def read(self, rows: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        """The images of `rows`, float32 on `device`."""
+        if self.decoded is not None:
+            return to_model_range(self.decoded[rows].to(device))
+        return prepare_images(self.dataset.select(rows)["image"], self.resolution, self.channels).to(device)
+
+    def collate(self, rows: list) -> dict[str, torch.Tensor]:
+        """A batch for a `DataLoader` over [`TrainingImages.batch_source`]: uint8 `pixel_values` from the decoded tensor
+        (convert with [`to_model_range`] where the batch lands), or float ones decoded with PIL."""
+        if self.decoded is not None:
+            return {"pixel_values": self.decoded[rows]}
+        return {"pixel_values": prepare_images([row["image"] for row in rows], self.resolution, self.channels)}
+
+    def batch_source(self):
+        """What the `DataLoader` indexes: row numbers for the decoded tensor, the dataset's `image` column otherwise."""
+        return range(len(self.dataset)) if self.decoded is not None else self.dataset.select_columns(["image"])

@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import datasets
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from diffusers_dyga.data import (
+    DecodedImages,
     factor_names,
     factor_row_index,
     factor_sizes,
@@ -22,6 +26,7 @@ from diffusers_dyga.data import (
     render_dsprites,
     render_shapes,
 )
+from diffusers_dyga.training_data import TrainingImages, prepare_images
 
 SMALL_SHAPES = (2, 2, 3, 2, 4, 3)
 
@@ -191,3 +196,40 @@ def test_image_channels_look_past_a_grayscale_first_image(tmp_path):
     PIL.Image.new("RGB", (8, 8), (10, 200, 10)).save(folder / "2.png")
     dataset = load_image_dataset(str(folder))
     assert dataset[0]["image"].mode == "L" and image_channels(dataset) == 3
+
+
+def test_decoded_images_equal_the_per_batch_path_and_are_cached_beside_the_dataset(cache_dir, caplog):
+    dataset = load_shapes(resolution=16, factor_sizes=SMALL_SHAPES, cache_dir=cache_dir)
+    decoded = DecodedImages.from_dataset(dataset, 16, 3)
+    path = DecodedImages.cache_path(dataset, 16, 3)
+    assert path.parent == Path(dataset.cache_files[0]["filename"]).parent and path.is_file()
+    assert decoded.pixels.shape == (len(dataset), 16, 16, 3) and decoded.pixels.dtype == torch.uint8
+    rows = [5, 0, 17, 3]
+    streamed, indexed = TrainingImages(dataset, 16, 3), TrainingImages(dataset, 16, 3, decoded)
+    assert torch.equal(indexed.read(rows), streamed.read(rows))
+    expected = prepare_images(dataset.select(rows)["image"], 16, 3)
+    assert torch.equal(indexed.read(rows), expected) and indexed.read(rows).stride() == expected.stride(), "same layout"
+    assert torch.equal(DecodedImages.from_dataset(dataset, 16, 3).pixels, decoded.pixels), "loaded from the cache"
+
+    path.write_bytes(b"not a safetensors file")
+    with caplog.at_level("WARNING"):
+        again = DecodedImages.from_dataset(dataset, 16, 3)
+    assert "could not be read" in caplog.text and torch.equal(again.pixels, decoded.pixels)
+    assert DecodedImages.from_dataset(dataset, 8, 1).pixels.shape == (len(dataset), 8, 8, 1), "keyed by size and channels"
+    with pytest.raises(ValueError, match=f"decoded tensor has 3 rows, the dataset {len(dataset)}"):
+        TrainingImages(dataset, 16, 3, DecodedImages(decoded.pixels[:3]))
+
+
+def test_decoded_images_crop_resize_and_convert_like_the_per_batch_path(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / "0.png")
+    PIL.Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / "1.png")
+    dataset = load_image_dataset(str(folder))
+    for channels in (3, 1):
+        decoded = DecodedImages.from_dataset(dataset, 8, channels, cache_dir=tmp_path / "decoded")
+        torch.testing.assert_close(
+            TrainingImages(dataset, 8, channels, decoded).read([0, 1]), prepare_images(dataset["image"], 8, channels), rtol=0, atol=0
+        )
+    assert DecodedImages.cache_path(dataset.from_dict({"image": dataset["image"]}), 8, 3) is None, "in memory: no file"

@@ -136,6 +136,20 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cache_d
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_decoded_and_streamed_images_train_to_the_same_weights(tmp_path, cache_dir, caplog):
+    """`--data_path decoded` (one uint8 tensor, batches by index) and `stream` (PIL per batch) feed the same batches,
+    DyGA refits included, so the weights are equal to the bit."""
+    for data_path in ("decoded", "stream"):
+        AcceleratorState._reset_state(True)
+        with caplog.at_level("INFO"):
+            train.main(train.parse_args(tiny_args(tmp_path / data_path, cache_dir, "--data_path", data_path)))
+    assert "Images held decoded" in caplog.text and "Images decoded per batch" in caplog.text
+    decoded, streamed = final_state(tmp_path / "decoded"), final_state(tmp_path / "stream")
+    assert decoded.keys() == streamed.keys()
+    for key in decoded:
+        assert torch.equal(decoded[key], streamed[key]), key
+
+
 def test_two_process_launch_shares_one_anchorer_state(tmp_path, cache_dir):
     output = tmp_path / "ddp"
     command = [
@@ -191,6 +205,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--learning_rate", "-1e-4", "--learning_rate must be positive"),
         ("--encoder_learning_rate", "-1e-4", "--encoder_learning_rate must be positive"),
         ("--max_grad_norm", "-1", "--max_grad_norm must be non-negative"),
+        ("--decoded_max_gib", "-1", "--decoded_max_gib must be non-negative"),
         ("--max_train_steps", "0", "--max_train_steps must be positive"),
         ("--num_train_epochs", "0", "--num_train_epochs must be positive"),
         ("--checkpointing_steps", "0", "--checkpointing_steps must be positive"),

@@ -47,11 +47,17 @@ from diffusers_dyga.checkpointing import (
     save_checkpoint,
     save_pipeline,
 )
-from diffusers_dyga.data import factor_names, image_channels
+from diffusers_dyga.data import DecodedImages, factor_names, image_channels, to_model_range
 from diffusers_dyga.encoder import as_widths
 from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
 from diffusers_dyga.pipeline import eval_mode
-from diffusers_dyga.training_data import add_data_arguments, check_data_arguments, load_training_data, prepare_images
+from diffusers_dyga.training_data import (
+    TrainingImages,
+    add_data_arguments,
+    check_data_arguments,
+    load_training_data,
+    prepare_images,
+)
 from diffusers_dyga.training_utils import detail_weights, unit_kl_divergence, unit_kurtosis
 
 logger = get_logger(__name__)
@@ -317,6 +323,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--ema_decay", type=float, default=None)
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     train.add_argument("--dataloader_num_workers", type=int, default=0)
+    train.add_argument(
+        "--data_path",
+        default="auto",
+        choices=["auto", "decoded", "stream"],
+        help="decoded: decode every image once into one uint8 tensor (cached beside the dataset) and batch by indexing, "
+        "converting to [-1, 1] on the device; stream: decode each batch with PIL; auto: decoded when the tensor takes at "
+        "most --decoded_max_gib. Both give the same batches.",
+    )
+    train.add_argument("--decoded_max_gib", type=float, default=4.0, help="The largest decoded tensor auto keeps in memory.")
     train.add_argument("--report_to", default="tensorboard")
     train.add_argument("--logging_dir", default="logs")
     train.add_argument("--checkpointing_steps", type=int, default=500)
@@ -440,7 +455,10 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name} must be positive, got {value}.")
-    non_negative = ("lr_warmup_steps", "control_num_sources", "eval_max_rows", "dataloader_num_workers", "adam_weight_decay")
+    non_negative = (
+        "lr_warmup_steps", "control_num_sources", "eval_max_rows", "dataloader_num_workers", "adam_weight_decay",
+        "decoded_max_gib",
+    )  # fmt: skip
     for name in (*non_negative, "max_grad_norm"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be non-negative, got {getattr(args, name)}.")
@@ -566,6 +584,20 @@ def sample_timesteps(batch_size: int, num_timesteps: int, power: float, device: 
     return (uniform ** (1.0 / power) * num_timesteps).long().clamp_max(num_timesteps - 1)
 
 
+def training_images(args, accelerator, dataset: datasets.Dataset, channels: int) -> TrainingImages:
+    """The training images by `--data_path`: decoded once into a uint8 tensor (by the main process first, which
+    caches it) or decoded per batch."""
+    num_bytes = DecodedImages.num_bytes(len(dataset), args.resolution, channels)
+    if args.data_path == "stream" or (args.data_path == "auto" and num_bytes > args.decoded_max_gib * 2**30):
+        logger.info(f"Images decoded per batch ({num_bytes / 2**30:.2f} GiB decoded would exceed --decoded_max_gib).")
+        return TrainingImages(dataset, args.resolution, channels)
+    start = time.perf_counter()
+    with accelerator.main_process_first():
+        decoded = DecodedImages.from_dataset(dataset, args.resolution, channels)
+    logger.info(f"Images held decoded: {num_bytes / 2**20:.1f} MiB of uint8, ready in {time.perf_counter() - start:.1f} s.")
+    return TrainingImages(dataset, args.resolution, channels, decoded)
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """A permutation of the rows that depends only on the seed and the epoch, so a resumed run sees the same
     batches as an uninterrupted one."""
@@ -646,22 +678,21 @@ def anchorer_checksum(anchorer: DyGAAnchorer) -> str:
 
 
 @torch.no_grad()
-def fit_anchorer(args, accelerator, encoder, anchorer, dataset, step: int) -> dict:
+def fit_anchorer(args, accelerator, encoder, anchorer, images: TrainingImages, step: int) -> dict:
     """Encodes `dyga_samples` distinct rows (all of a smaller dataset; split across processes) with the encoder in eval
     mode, as the pipeline encodes (with `--dyga_fit_on anchored`, as the official code, the tokens are first pulled
     toward the previous fit's anchors, in chunks of 256), gathers the tokens on every process, fits the anchorer, then
     broadcasts rank 0's state so every rank holds exactly the same anchors."""
-    per_process = max(1, min(args.dyga_samples, len(dataset)) // accelerator.num_processes)
+    per_process = max(1, min(args.dyga_samples, len(images)) // accelerator.num_processes)
     rows = np.random.RandomState(args.seed + step).choice(
-        len(dataset), per_process * accelerator.num_processes, replace=False
+        len(images), per_process * accelerator.num_processes, replace=False
     )
     mine = rows[accelerator.process_index :: accelerator.num_processes]
     tokens = []
     with eval_mode(encoder):
         for start in range(0, len(mine), 256):
-            batch = dataset.select(mine[start : start + 256].tolist())["image"]
-            images = prepare_images(batch, args.resolution, encoder.config.in_channels)
-            chunk = encoder(images.to(accelerator.device, dtype=encoder.dtype)).tokens
+            pixels = images.read(mine[start : start + 256].tolist(), accelerator.device)
+            chunk = encoder(pixels.to(dtype=encoder.dtype)).tokens
             if args.dyga_fit_on == "anchored" and anchorer.is_fitted:
                 chunk = anchorer.align(chunk)
             tokens.append(chunk.float())
@@ -996,15 +1027,13 @@ def main(args: argparse.Namespace) -> str:
 
     optimizer = build_optimizer(args, encoder, unet)
 
-    def collate(rows: list[dict]) -> dict:
-        return {"pixel_values": prepare_images([row["image"] for row in rows], args.resolution, in_channels)}
-
+    images = training_images(args, accelerator, dataset, in_channels)
     sampler = EpochSampler(len(dataset), args.seed)
     train_dataloader = torch.utils.data.DataLoader(
-        dataset.select_columns(["image"]),
+        images.batch_source(),
         batch_size=args.train_batch_size,
         sampler=sampler,
-        collate_fn=collate,
+        collate_fn=images.collate,
         num_workers=args.dataloader_num_workers,
         drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
@@ -1083,6 +1112,7 @@ def main(args: argparse.Namespace) -> str:
                 break
             with accelerator.accumulate(encoder, unet):
                 pixels = batch["pixel_values"]
+                pixels = to_model_range(pixels) if pixels.dtype == torch.uint8 else pixels
                 latents = to_latents(pixels)
                 noise = torch.randn_like(latents)
                 num_timesteps = noise_scheduler.config.num_train_timesteps
@@ -1151,7 +1181,7 @@ def main(args: argparse.Namespace) -> str:
             if args.unit_kl_weight > 0:
                 logs["unit_kl"] = unit_kl.detach().item()
             if args.dyga and global_step % args.dyga_every == 0:
-                fit = fit_anchorer(args, accelerator, accelerator.unwrap_model(encoder), anchorer, dataset, global_step)
+                fit = fit_anchorer(args, accelerator, accelerator.unwrap_model(encoder), anchorer, images, global_step)
                 dyga_fits.append(fit)
                 logs["dyga/mean_components"] = float(np.mean(fit["num_components"]))
                 logs["dyga/fit_seconds"] = fit["seconds"]
@@ -1181,7 +1211,7 @@ def main(args: argparse.Namespace) -> str:
         ema_encoder.copy_to(encoder.parameters())
     refitted_last_step = bool(dyga_fits) and dyga_fits[-1]["step"] == global_step
     if args.dyga and (args.use_ema or not refitted_last_step):
-        dyga_fits.append(fit_anchorer(args, accelerator, encoder, anchorer, dataset, global_step))
+        dyga_fits.append(fit_anchorer(args, accelerator, encoder, anchorer, images, global_step))
     if accelerator.is_main_process:
         wall_minutes = (time.perf_counter() - start_time) / 60
         pipeline = make_pipeline(args, accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)

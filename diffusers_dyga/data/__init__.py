@@ -1,5 +1,6 @@
 """Datasets with known factors, as Hugging Face `datasets` (an `image` column and one `ClassLabel` per factor)."""
 
+from .decoded import DecodedImages, fit_images, to_model_range
 from .dsprites import DSPRITES_FACTOR_NAMES, DSPRITES_FACTOR_SIZES, load_dsprites, render_dsprites
 from .files import load_3dshapes_h5, load_dsprites_npz, load_image_dataset, load_mpi3d_npz
 from .grid import factor_names, factor_row_index, factor_sizes, factors_array, grid_factors, is_full_grid
@@ -22,10 +23,12 @@ __all__ = [
     "DSPRITES_FACTOR_SIZES",
     "SHAPES_FACTOR_NAMES",
     "SHAPES_FACTOR_SIZES",
+    "DecodedImages",
     "factor_names",
     "factor_row_index",
     "factor_sizes",
     "factors_array",
+    "fit_images",
     "grid_factors",
     "image_channels",
     "images_to_tensor",
@@ -39,4 +42,5 @@ __all__ = [
     "load_shapes",
     "render_dsprites",
     "render_shapes",
+    "to_model_range",
 ]
