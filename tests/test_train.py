@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from diffusers_dyga import DisentangledDiffusionPipeline
+from diffusers_dyga import DisentangledDiffusionPipeline, SkipDropoutUNet
 from diffusers_dyga.data import load_builtin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +109,23 @@ def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir)
     assert pipe.encoder.dtype == torch.float32 and pipe.unet.dtype == torch.float32
 
 
+def test_torch_compile_trains_and_saves_the_plain_models(tmp_path, cache_dir):
+    """`--torch_compile aot_eager` (graph capture and AOTAutograd without C++ code generation, so it runs anywhere):
+    the compiled models train, and the checkpoint and the pipeline hold the plain models' weights."""
+    output = tmp_path / "compiled"
+    args = tiny_args(output, cache_dir, "--torch_compile", "aot_eager", "--no-allow_tf32", "--no-dyga")
+    for flag, value in (("--max_train_steps", "2"), ("--checkpointing_steps", "2")):
+        args[args.index(flag) + 1] = value
+    train.main(train.parse_args(args))
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["torch_compile"] == "aot_eager" and report["steps"] == 2 and report["tf32"] is False
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee" and torch.backends.cudnn.conv.fp32_precision == "ieee"
+    train.set_tf32(True)
+    weights = DisentangledDiffusionPipeline.from_pretrained(output).unet.state_dict()
+    checkpoint = SkipDropoutUNet.from_pretrained(output / "checkpoint-2", subfolder="unet").state_dict()
+    assert checkpoint.keys() == weights.keys() and all(torch.equal(value, weights[key]) for key, value in checkpoint.items())
+
+
 def final_state(output) -> dict[str, torch.Tensor]:
     pipe = DisentangledDiffusionPipeline.from_pretrained(output)
     state = {}
@@ -206,6 +223,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--encoder_learning_rate", "-1e-4", "--encoder_learning_rate must be positive"),
         ("--max_grad_norm", "-1", "--max_grad_norm must be non-negative"),
         ("--decoded_max_gib", "-1", "--decoded_max_gib must be non-negative"),
+        ("--torch_compile", "fastest", "--torch_compile takes a torch.compile backend accelerate knows, got 'fastest'"),
         ("--max_train_steps", "0", "--max_train_steps must be positive"),
         ("--num_train_epochs", "0", "--num_train_epochs must be positive"),
         ("--checkpointing_steps", "0", "--checkpointing_steps must be positive"),

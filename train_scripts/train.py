@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast, gather_object, set_seed
+from accelerate.utils import DynamoBackend, ProjectConfiguration, broadcast, gather_object, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, VQModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -322,6 +322,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     train.add_argument("--ema_decay", type=float, default=None)
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    train.add_argument(
+        "--allow_tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="On NVIDIA GPUs from Ampere on, float32 matmuls and convolutions in TF32 (--no-allow_tf32: IEEE float32). "
+        "DyGA fits and the metrics run on the CPU either way.",
+    )
+    train.add_argument(
+        "--torch_compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        help="Compile the encoder and the U-Net with torch.compile through accelerate; optionally a backend name "
+        "(default inductor).",
+    )
     train.add_argument("--dataloader_num_workers", type=int, default=0)
     train.add_argument(
         "--data_path",
@@ -370,6 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     check_ranges(parser, args)
+    if args.torch_compile is not None and args.torch_compile.upper() not in DynamoBackend.__members__:
+        parser.error(f"--torch_compile takes a torch.compile backend accelerate knows, got {args.torch_compile!r}.")
     if args.push_to_hub and args.hub_model_id is None:
         parser.error("--push_to_hub needs --hub_model_id.")
     if args.timestep_bias_power <= 0:
@@ -582,6 +599,13 @@ def sample_timesteps(batch_size: int, num_timesteps: int, power: float, device: 
     """`(batch_size,)` training timesteps with density proportional to `t**(power - 1)` (uniform for power 1)."""
     uniform = torch.rand(batch_size, device=device)
     return (uniform ** (1.0 / power) * num_timesteps).long().clamp_max(num_timesteps - 1)
+
+
+def set_tf32(allow: bool) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions (used by Ampere and later; ignored by older GPUs and CPUs)."""
+    precision = "tf32" if allow else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
 
 
 def training_images(args, accelerator, dataset: datasets.Dataset, channels: int) -> TrainingImages:
@@ -955,6 +979,7 @@ def main(args: argparse.Namespace) -> str:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
+        dynamo_backend=args.torch_compile,
         log_with=args.report_to if args.report_to != "none" else None,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
     )
@@ -970,6 +995,7 @@ def main(args: argparse.Namespace) -> str:
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
     set_seed(args.seed)
+    set_tf32(args.allow_tf32)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
 
@@ -1225,6 +1251,9 @@ def main(args: argparse.Namespace) -> str:
             "wall_minutes": wall_minutes,
             "process_cpu_minutes": time.process_time() / 60,
             "device": device,
+            "mixed_precision": accelerator.mixed_precision,
+            "tf32": on_gpu and args.allow_tf32 and torch.cuda.get_device_capability(accelerator.device)[0] >= 8,
+            "torch_compile": args.torch_compile,
             "images_per_second": (global_step - initial_step) * total_batch_size / (wall_minutes * 60),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30 if on_gpu else None,
             "metrics": metrics,
