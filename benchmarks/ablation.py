@@ -129,6 +129,7 @@ def train(options, grid: str, variant: str, seed: int) -> dict:
         if record["arguments"] == arguments:
             return record
     print(f"training {grid} {variant} seed {seed}: train.py {' '.join(arguments)}", flush=True)
+    source = source_fingerprint()  # when this run starts: train.py is read then, and sources may change between runs
     environment = {**os.environ, "OMP_NUM_THREADS": str(options.threads_per_run)}
     start = time.perf_counter()
     subprocess.run(
@@ -142,7 +143,7 @@ def train(options, grid: str, variant: str, seed: int) -> dict:
         "variant": variant,
         "seed": seed,
         "arguments": arguments,
-        "source": options.source,
+        "source": source,
         "device": report.get("device"),
         "machine": machine(),
         "runs_at_once": options.jobs,
@@ -247,7 +248,6 @@ def main() -> None:
     options = parser.parse_args()
     options.extra_args = [a for a in options.extra_args if a != "--"]
     options.threads_per_run = options.threads_per_run or max(1, (os.cpu_count() or 1) // options.jobs)
-    options.source = source_fingerprint()
 
     if options.report_only:
         grids = [path.name for path in sorted(RECORDS_DIR.iterdir()) if path.is_dir()] if RECORDS_DIR.is_dir() else []
