@@ -366,10 +366,11 @@ def test_dyga_refits_fit_the_encoded_or_the_anchored_tokens(tmp_path, cache_dir,
     dataset = load_builtin("shapes", resolution=16, factor_sizes=(2, 2, 2, 1, 2, 1), cache_dir=cache_dir)
     encoder, _, anchorer, _ = train.build_models(args, in_channels=3, latent_channels=3)
     accelerator = Accelerator(cpu=True)
-    train.fit_anchorer(args, accelerator, encoder, anchorer, dataset, step=1)
+    images_for_fit = train.training_images(args, accelerator, dataset, channels=3)
+    train.fit_anchorer(args, accelerator, encoder, anchorer, images_for_fit, step=1)
     fitted = []
     monkeypatch.setattr(anchorer, "fit", lambda tokens: fitted.append(tokens))
-    train.fit_anchorer(args, accelerator, encoder, anchorer, dataset, step=1)
+    train.fit_anchorer(args, accelerator, encoder, anchorer, images_for_fit, step=1)
     images = train.prepare_images(dataset["image"], 16, 3)
     with torch.no_grad():
         encoded = encoder.eval()(images).tokens
