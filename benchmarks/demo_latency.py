@@ -4,48 +4,73 @@
     python benchmarks/demo_latency.py --pipeline outputs/shapes-tiny --through_app   # needs the `demo` extra
 
 Prints a table and writes `benchmarks/results/demo_latency.json`. Times are wall-clock medians on this machine.
-`--through_app` also times the whole round trip a page makes: the Gradio app launched on 127.0.0.1 and its `/render`
-endpoint called through `gradio_client` (the returned PNG is downloaded, as a browser would).
+`--through_app` also times the whole round trip a page makes: the app launched in its own process as a user launches it
+(`python -m diffusers_dyga.demo`, on 127.0.0.1) and its `/render` endpoint called through `gradio_client` (the returned
+PNG is downloaded, as a browser would).
 """
 
 import argparse
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import PIL.Image
 import torch
 
 from diffusers_dyga import DisentangledDiffusionPipeline
 from diffusers_dyga.explorer import UnitExplorer
 
 
-def app_round_trips(pipeline: DisentangledDiffusionPipeline, units: list[float], steps: list[int], moves: int) -> list[dict]:
-    """Times `/render` of the launched app through `gradio_client`, `moves` calls per step count."""
-    from gradio_client import Client
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-    from diffusers_dyga.demo import build_demo
 
-    demo = build_demo(pipeline)
-    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+def app_round_trips(pipeline_path: str, image: PIL.Image.Image, num_units: int, steps: list[int], moves: int) -> list[dict]:
+    """Launches the app as a user does (`python -m diffusers_dyga.demo`, its own process, on 127.0.0.1), uploads `image`
+    to `/encode` (which sets the session's sliders, widened to hold its units), then times `/render` through
+    `gradio_client`, `moves` calls per step count."""
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "-m", "diffusers_dyga.demo", pipeline_path, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        client = Client(demo.local_url, verbose=False)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                if app.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"The app did not start (exit code {app.poll()}).") from None
+                time.sleep(1)
+        with tempfile.TemporaryDirectory() as folder:
+            image.save(Path(folder) / "image.png")
+            updates = client.predict(handle_file(str(Path(folder) / "image.png")), api_name="/encode")
+        units = [update["value"] for update in updates[:num_units]]
         rows = []
         for count in steps:
             client.predict(*units, count, False, api_name="/render")
             move_times = []
             for move in range(moves):
                 moved = list(units)
-                moved[move % len(units)] += 0.5
+                moved[move % len(units)] += 0.5 if moved[move % len(units)] < 0 else -0.5  # toward 0: inside the slider
                 start = time.perf_counter()
                 client.predict(*moved, count, False, api_name="/render")
                 move_times.append(time.perf_counter() - start)
             rows.append({"steps": count, "median_s": statistics.median(move_times), "max_s": max(move_times), "through_app": True})
         return rows
     finally:
-        demo.close()
+        app.terminate()
+        app.wait(timeout=30)
 
 
 def main() -> None:
@@ -73,13 +98,13 @@ def main() -> None:
         move_times = []
         for move in range(args.moves):
             moved = list(units)
-            moved[move % len(units)] += 0.5
+            moved[move % len(units)] += 0.5 if moved[move % len(units)] < 0 else -0.5  # toward 0: inside the slider
             start = time.perf_counter()
             explorer.render(explorer.units_tensor(moved), steps)
             move_times.append(time.perf_counter() - start)
         rows.append({"steps": steps, "median_s": statistics.median(move_times), "max_s": max(move_times)})
     if args.through_app:
-        rows += app_round_trips(pipeline, units, args.steps, args.moves)
+        rows += app_round_trips(args.pipeline, image, len(units), args.steps, args.moves)
     print(f"| what | median s | max s |\n|---|---|---|\n| encode one image | {statistics.median(encode_times):.3f} | {max(encode_times):.3f} |")
     for row in rows:
         where = ", through the app" if row.get("through_app") else ""
