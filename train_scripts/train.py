@@ -1027,8 +1027,11 @@ def main(args: argparse.Namespace) -> str:
                 unwrapped.save_pretrained(os.path.join(output_dir, name))
             anchorer.save_pretrained(os.path.join(output_dir, "anchorer"))
             if args.use_ema:
-                ema_unet.save_pretrained(os.path.join(output_dir, "unet_ema"))
-                ema_encoder.save_pretrained(os.path.join(output_dir, "encoder_ema"))
+                # EMAModel.save_pretrained builds a randomly initialised model: keep the training's random stream as it
+                # was, so that saving a checkpoint does not change the run.
+                with torch.random.fork_rng(devices=[]):
+                    ema_unet.save_pretrained(os.path.join(output_dir, "unet_ema"))
+                    ema_encoder.save_pretrained(os.path.join(output_dir, "encoder_ema"))
         while weights:
             weights.pop()
 
