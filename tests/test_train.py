@@ -153,6 +153,29 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cache_d
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_time_limited_chunks_of_one_command_train_to_the_uninterrupted_weights(tmp_path, cache_dir, capsys):
+    """`--max_train_minutes` with `--resume_from_checkpoint latest`: the first command starts a new run, every command
+    stops with a checkpoint when its time is up (here after each step) and the same command repeated finishes the run,
+    with the weights of an uninterrupted one."""
+    options = ("--use_ema", "--lr_scheduler", "constant", "--max_train_steps", "3")
+    train.main(train.parse_args(tiny_args(tmp_path / "straight", cache_dir, *options)))
+    chunked = tiny_args(tmp_path / "chunked", cache_dir, *options, "--resume_from_checkpoint", "latest", "--max_train_minutes", "1e-9")
+    for command in range(1, 4):
+        AcceleratorState._reset_state(True)
+        train.main(train.parse_args(chunked))
+        finished = (tmp_path / "chunked" / "training_report.json").exists()
+        assert finished == (command == 3)
+        assert (tmp_path / "chunked" / f"checkpoint-{command}").is_dir() or command == 3
+        if not finished:
+            assert f"Stopped after 1e-09 minutes at step {command} of 3" in capsys.readouterr().out
+            assert not (tmp_path / "chunked" / "model_index.json").exists()
+    assert json.loads((tmp_path / "chunked" / "training_report.json").read_text())["steps"] == 3
+    expected, got = final_state(tmp_path / "straight"), final_state(tmp_path / "chunked")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
 def test_decoded_and_streamed_images_train_to_the_same_weights(tmp_path, cache_dir, caplog):
     """`--data_path decoded` (one uint8 tensor, batches by index) and `stream` (PIL per batch) feed the same batches,
     DyGA refits included, so the weights are equal to the bit."""

@@ -351,7 +351,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--logging_dir", default="logs")
     train.add_argument("--checkpointing_steps", type=int, default=500)
     train.add_argument("--checkpoints_total_limit", type=int, default=None)
-    train.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint folder or "latest".')
+    train.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='A checkpoint folder, or "latest": the newest complete one in --output_dir (a new run when it holds none).',
+    )
+    train.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="Stop after this many minutes of training with a checkpoint, to go on with --resume_from_checkpoint latest "
+        "(for time-limited jobs: the same command repeated trains to --max_train_steps).",
+    )
     validation = parser.add_argument_group("validation")
     validation.add_argument("--validation_steps", type=int, default=500)
     validation.add_argument("--num_validation_images", type=int, default=4)
@@ -468,7 +479,7 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     for name in POSITIVE_ARGUMENTS:
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}.")
-    for name in ("max_train_steps", "checkpoints_total_limit", "encoder_learning_rate"):
+    for name in ("max_train_steps", "checkpoints_total_limit", "encoder_learning_rate", "max_train_minutes"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name} must be positive, got {value}.")
@@ -671,6 +682,9 @@ def resume_candidates(args: argparse.Namespace) -> list[str]:
     newest, skipped = latest_complete_checkpoint(args.output_dir)
     if skipped:
         logger.warning(f"Skipping incomplete checkpoints (their saves were interrupted): {', '.join(skipped)}")
+    if newest is None and not skipped:
+        logger.info(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir} yet; starting a new run.")
+        return []
     if newest is None:
         raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint in {args.output_dir}.")
     complete = [os.path.join(args.output_dir, name) for name in reversed(checkpoint_folders(args.output_dir))]
@@ -1096,8 +1110,8 @@ def main(args: argparse.Namespace) -> str:
         accelerator.init_trackers("diffusers-dyga", config=tracker_config)
 
     global_step, first_epoch, resume_step = 0, 0, 0
-    if args.resume_from_checkpoint:
-        candidates = resume_candidates(args)
+    candidates = resume_candidates(args) if args.resume_from_checkpoint else []
+    if candidates:
         for index, path in enumerate(candidates):
             try:
                 load_checkpoint(accelerator, path, args)
@@ -1228,10 +1242,21 @@ def main(args: argparse.Namespace) -> str:
                 with ema_weights(args, ema_unet, ema_encoder, unet, encoder):
                     pipeline = make_pipeline(args, accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
                     log_validation(pipeline, dataset, args, accelerator, global_step)
-            if global_step >= args.max_train_steps:
+            if global_step >= args.max_train_steps or out_of_time(args, accelerator, start_time):
                 break
-        if global_step >= args.max_train_steps:
+        if global_step >= args.max_train_steps or out_of_time(args, accelerator, start_time):
             break
+
+    if global_step < args.max_train_steps:
+        if global_step % args.checkpointing_steps:
+            saved = save_checkpoint(accelerator, args.output_dir, global_step, resume_settings(args), args.checkpoints_total_limit)
+            logger.info(f"Saved {saved}")
+        accelerator.print(
+            f"Stopped after {args.max_train_minutes} minutes at step {global_step} of {args.max_train_steps}; the same "
+            "command with --resume_from_checkpoint latest goes on from there."
+        )
+        accelerator.end_training()
+        return args.output_dir
 
     accelerator.wait_for_everyone()
     encoder, unet = accelerator.unwrap_model(encoder), accelerator.unwrap_model(unet)
@@ -1282,6 +1307,14 @@ def main(args: argparse.Namespace) -> str:
             )
     accelerator.end_training()
     return args.output_dir
+
+
+def out_of_time(args, accelerator: Accelerator, start_time: float) -> bool:
+    """Whether `--max_train_minutes` have passed, as the main process's clock says (so every process stops together)."""
+    if args.max_train_minutes is None:
+        return False
+    elapsed = torch.tensor([time.perf_counter() - start_time], device=accelerator.device)
+    return bool(broadcast(elapsed)[0] >= args.max_train_minutes * 60)
 
 
 def stop_diverged_run(args, step: int, what: str, learning_rate: float) -> None:
