@@ -98,13 +98,14 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert "Each metric draws 64 training and 32 test rows" in card and "| token_pca/dci/disentanglement |" in card
 
 
-def test_bf16_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir):
-    output = tmp_path / "bf16"
-    args = tiny_args(output, cache_dir, "--mixed_precision", "bf16")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_saves_fp32_weights(tmp_path, cache_dir, precision):
+    output = tmp_path / precision
+    args = tiny_args(output, cache_dir, "--mixed_precision", precision)
     args[args.index("--max_train_steps") + 1] = "3"
     train.main(train.parse_args(args))
     report = json.loads((output / "training_report.json").read_text())
-    assert report["steps"] == 3 and report["metrics"] is not None
+    assert report["steps"] == 3 and report["metrics"] is not None and report["mixed_precision"] == precision
     pipe = DisentangledDiffusionPipeline.from_pretrained(output)
     assert pipe.encoder.dtype == torch.float32 and pipe.unet.dtype == torch.float32
 
