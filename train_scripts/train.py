@@ -1131,6 +1131,7 @@ def main(args: argparse.Namespace) -> str:
     scaling = getattr(vae.config, "scaling_factor", 1.0) if vae is not None else 1.0
     dyga_fits = []
     initial_step = global_step
+    time_up = False
     on_gpu = accelerator.device.type == "cuda"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
@@ -1242,12 +1243,13 @@ def main(args: argparse.Namespace) -> str:
                 with ema_weights(args, ema_unet, ema_encoder, unet, encoder):
                     pipeline = make_pipeline(args, accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
                     log_validation(pipeline, dataset, args, accelerator, global_step)
-            if global_step >= args.max_train_steps or out_of_time(args, accelerator, start_time):
+            time_up = global_step < args.max_train_steps and out_of_time(args, accelerator, start_time)
+            if global_step >= args.max_train_steps or time_up:
                 break
-        if global_step >= args.max_train_steps or out_of_time(args, accelerator, start_time):
+        if global_step >= args.max_train_steps or time_up:
             break
 
-    if global_step < args.max_train_steps:
+    if time_up:
         if global_step % args.checkpointing_steps:
             saved = save_checkpoint(accelerator, args.output_dir, global_step, resume_settings(args), args.checkpoints_total_limit)
             logger.info(f"Saved {saved}")
