@@ -28,6 +28,13 @@ from diffusers_dyga import DisentangledDiffusionPipeline
 from diffusers_dyga.explorer import UnitExplorer
 
 
+def moved_units(units: list[float], move: int) -> list[float]:
+    """The units with one of them (the `move`-th, cyclically) moved by 0.5 toward 0, so it stays inside its slider."""
+    moved = list(units)
+    moved[move % len(units)] += 0.5 if moved[move % len(units)] < 0 else -0.5
+    return moved
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -61,8 +68,7 @@ def app_round_trips(pipeline_path: str, image: PIL.Image.Image, num_units: int, 
             client.predict(*units, count, False, api_name="/render")
             move_times = []
             for move in range(moves):
-                moved = list(units)
-                moved[move % len(units)] += 0.5 if moved[move % len(units)] < 0 else -0.5  # toward 0: inside the slider
+                moved = moved_units(units, move)
                 start = time.perf_counter()
                 client.predict(*moved, count, False, api_name="/render")
                 move_times.append(time.perf_counter() - start)
@@ -97,8 +103,7 @@ def main() -> None:
         explorer.render(explorer.units_tensor(units), steps)
         move_times = []
         for move in range(args.moves):
-            moved = list(units)
-            moved[move % len(units)] += 0.5 if moved[move % len(units)] < 0 else -0.5  # toward 0: inside the slider
+            moved = moved_units(units, move)
             start = time.perf_counter()
             explorer.render(explorer.units_tensor(moved), steps)
             move_times.append(time.perf_counter() - start)
