@@ -460,7 +460,10 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
     def _m_step(
         self, points: torch.Tensor, squares: torch.Tensor, resp: torch.Tensor, active: torch.Tensor, diagonal: bool
     ) -> MixtureState:
-        """Points and squares `(num_mixtures, num_samples, dim)`, responsibilities `(num_mixtures, num_samples, K)`."""
+        """Points and squares `(num_mixtures, num_samples, dim)`, responsibilities `(num_mixtures, num_samples, K)`.
+        Full covariances are the weighted scatter of the points about each mean, centred before the product: the
+        second moment minus the squared mean loses eigenvalues below the variance floor to rounding when the points
+        lie far from zero relative to their spread (an untrained ReLU token head), and Cholesky then fails."""
         mass = resp.sum(1) + 1e-10
         resp_t = resp.transpose(1, 2)
         means = torch.bmm(resp_t, points) / mass[..., None]
@@ -470,12 +473,12 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
             covariances = (second - means.square()).clamp_min(0.0) + floor
         else:
             chunk = max(1, 2**24 // max(1, resp.shape[0] * resp.shape[2] * points.shape[-1]))
-            second = sum(
-                torch.einsum("umkd,ume->ukde", r[..., None] * p[:, :, None, :], p)
-                for r, p in zip(resp.split(chunk, dim=1), points.split(chunk, dim=1))
-            ) / mass[..., None, None]
+            scatter = 0.0
+            for r, p in zip(resp.split(chunk, dim=1), points.split(chunk, dim=1)):
+                centred = p[:, :, None, :] - means[:, None]
+                scatter = scatter + torch.einsum("umkd,umke->ukde", r[..., None] * centred, centred)
             eye = torch.eye(points.shape[-1], device=points.device, dtype=points.dtype)
-            covariances = second - means[..., :, None] * means[..., None, :] + floor * eye
+            covariances = scatter / mass[..., None, None] + floor * eye
         weights = torch.where(active, mass / points.shape[1], torch.zeros_like(mass))
         return MixtureState(means, covariances, weights, active)
 
@@ -551,15 +554,16 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         total = (w_a + w_b).clamp_min(1e-30)
         mu_a, mu_b = state.means[units, keep], state.means[units, drop]
         merged_mean = (w_a[:, None] * mu_a + w_b[:, None] * mu_b) / total[:, None]
+        shift_a, shift_b = mu_a - merged_mean, mu_b - merged_mean
         if state.diagonal:
-            second = w_a[:, None] * (state.covariances[units, keep] + mu_a.square())
-            second = second + w_b[:, None] * (state.covariances[units, drop] + mu_b.square())
-            merged_cov = second / total[:, None] - merged_mean.square()
+            merged_cov = w_a[:, None] * (state.covariances[units, keep] + shift_a.square())
+            merged_cov = merged_cov + w_b[:, None] * (state.covariances[units, drop] + shift_b.square())
+            merged_cov = merged_cov / total[:, None]
         else:
-            outer = lambda mu: mu[:, :, None] * mu[:, None, :]  # noqa: E731
-            second = w_a[:, None, None] * (state.covariances[units, keep] + outer(mu_a))
-            second = second + w_b[:, None, None] * (state.covariances[units, drop] + outer(mu_b))
-            merged_cov = second / total[:, None, None] - outer(merged_mean)
+            outer = lambda shift: shift[:, :, None] * shift[:, None, :]  # noqa: E731
+            merged_cov = w_a[:, None, None] * (state.covariances[units, keep] + outer(shift_a))
+            merged_cov = merged_cov + w_b[:, None, None] * (state.covariances[units, drop] + outer(shift_b))
+            merged_cov = merged_cov / total[:, None, None]
         proposal.means[units, keep] = merged_mean
         proposal.covariances[units, keep] = merged_cov
         proposal.weights[units, keep] = total

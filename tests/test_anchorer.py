@@ -3,6 +3,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from diffusers_dyga import DisentangledEncoder, DyGAAnchorer
+from diffusers_dyga.data import images_to_tensor, load_builtin, to_model_range
 
 
 def planted_mixtures(num_samples=3000, num_units=4, dim=8, num_clusters=5, seed=0):
@@ -255,3 +256,23 @@ def test_batch_lambda_is_one_differentiated_scalar_per_batch():
     torch.testing.assert_close(tokens.grad, reference.grad)
     without_lambda_gradient = expected_lambda.detach() * anchors + (1 - expected_lambda.detach()) * reference
     assert not torch.allclose(torch.autograd.grad(without_lambda_gradient.square().sum(), reference)[0], tokens.grad)
+
+
+def test_official_full_covariance_fit_takes_tokens_far_from_zero_relative_to_their_spread():
+    # An untrained encoder with batch norm and ReLU tokens (the `paper` preset's kind) barely moves its tokens
+    # between images; the second-moment covariance lost its small eigenvalues to rounding there and Cholesky failed.
+    dataset = load_builtin("shapes", resolution=32, factor_sizes=(3,) * 6)
+    images = to_model_range(images_to_tensor(dataset["image"]))
+    torch.manual_seed(0)
+    encoder = DisentangledEncoder(
+        sample_size=32, num_units=2, block_out_channels=(32, 64), hidden_dim=(256, 64), token_hidden_dim=(64, 128),
+        stem_channels=16, norm_type="batch", act_fn="relu", token_output_act=True,
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        tokens = encoder(images).tokens
+    assert (tokens.std(0) < 1e-2 * tokens.abs().amax()).all()
+    anchorer = DyGAAnchorer(num_units=2, unit_dim=32, **OFFICIAL).fit(tokens)
+    active = anchorer.covariances[anchorer.active]
+    assert (torch.linalg.cholesky_ex(active).info == 0).all()
+    assert torch.linalg.eigvalsh(active).amin() > 0.5 * anchorer.config.variance_floor
+    assert torch.isfinite(anchorer.align(tokens)).all() and torch.isfinite(anchorer.sample(8)).all()
