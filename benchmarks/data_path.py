@@ -3,10 +3,11 @@ from the images decoded once (`decoded`), and one batch already on the device (n
 
     python benchmarks/data_path.py --dataset builtin:shapes --factor_sizes 3 3 3 3 3 3 --resolution 32
 
-Every feed runs the same `tiny` training step (forward, backward, optimizer; unit whitening and the kurtosis term
-included) on batches of `--batch_size`; the feeds are timed in alternation, `--repeats` times each, and the median
-seconds per step are reported with each feed's share over the device-tensor step, and the feed's own seconds per batch
-timed without the step (at this scale steadier than the difference of two step times). One-time costs (decoding the
+Every feed runs the same `tiny` training step (the training script's `training_loss`, backward, optimizer; unit
+whitening and the kurtosis term included; DyGA not yet fitted) on batches of `--batch_size`; the feeds are timed in
+alternation, `--repeats` times each, and the median seconds per step are reported with each feed's share over the
+device-tensor step, and the feed's own seconds per batch timed without the step (at this scale steadier than the
+difference of two step times). One-time costs (decoding the
 dataset, or loading its cached decoded copy) are reported apart.
 """
 
@@ -22,17 +23,11 @@ from train_speed import load_train_script
 
 from diffusers_dyga.data import DecodedImages, image_channels, to_model_range
 from diffusers_dyga.training_data import TrainingImages, load_training_data
-from diffusers_dyga.training_utils import unit_kurtosis
 
 
-def step(args, encoder, unet, noise_scheduler, optimizer, pixels: torch.Tensor) -> None:
-    noise = torch.randn_like(pixels)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pixels.shape[0],))
-    noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
-    encoded = encoder(pixels)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=encoded.tokens).sample
-    loss = torch.nn.functional.mse_loss(prediction, pixels) + args.unit_kurtosis_weight * unit_kurtosis(encoded.units)
-    loss.backward()
+def step(train, args, models: tuple, optimizer, pixels: torch.Tensor) -> None:
+    """One training step; `models` is `build_models`' (encoder, U-Net, anchorer, noise scheduler)."""
+    train.training_loss(args, *models, pixels).loss.backward()
     optimizer.step()
     optimizer.zero_grad()
 
@@ -57,7 +52,8 @@ def main() -> None:
     dataset = load_training_data(args)
     channels = image_channels(dataset)
     torch.manual_seed(0)
-    encoder, unet, _, noise_scheduler = train.build_models(args, channels, channels)
+    models = train.build_models(args, channels, channels)
+    encoder, unet, _, _ = models
     optimizer = train.build_optimizer(args, encoder, unet)
     encoder.train()
     unet.train()
@@ -89,12 +85,12 @@ def main() -> None:
     }
     timings = {name: [] for name in feeds}
     for feed in feeds.values():
-        step(args, encoder, unet, noise_scheduler, optimizer, next(feed))
+        step(train, args, models, optimizer, next(feed))
     for _ in range(options.repeats):
         for name, feed in feeds.items():
             start = time.perf_counter()
             for _ in range(options.steps):
-                step(args, encoder, unet, noise_scheduler, optimizer, next(feed))
+                step(train, args, models, optimizer, next(feed))
             timings[name].append((time.perf_counter() - start) / options.steps)
 
     data_only = {}

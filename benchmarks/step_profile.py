@@ -5,8 +5,8 @@ model FLOPs per image and the share of the device's measured matmul peak the ste
     python benchmarks/step_profile.py --preset paper-pixel --batch_size 8 --steps 3      # the paper's models on pixels
     python benchmarks/step_profile.py --preset paper-pixel --batch_size 128 --dtype bf16  # on a GPU
 
-The step is the training script's for the preset (its encoder, U-Net and anchorer from `train_scripts/train.py`, its
-loss, prediction target, kurtosis term and DyGA alignment), fed from the decoded-image data path (`TrainingImages`).
+The step is the training script's for the preset (its encoder, U-Net and anchorer from `train_scripts/train.py` and
+its `training_loss`: timestep sampling, prediction target, loss, kurtosis term and DyGA alignment), fed from the decoded-image data path (`TrainingImages`).
 Each phase is timed with the device synchronised at its ends, over `--steps` steps after `--warmup` untimed ones.
 FLOPs are counted once with `torch.utils.flop_counter.FlopCounterMode` over a forward and backward pass (matmuls and
 convolutions, as that counter counts). The peak is a square matmul of `--matmul_size` in the same dtype, timed in the
@@ -22,14 +22,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from common import print_table, write_json
 from torch.utils.flop_counter import FlopCounterMode
 from train_speed import load_train_script
 
 from diffusers_dyga.data import DecodedImages, image_channels
 from diffusers_dyga.training_data import TrainingImages, load_training_data
-from diffusers_dyga.training_utils import unit_kurtosis
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,32 +52,15 @@ def matmul_peak(size: int, dtype: torch.dtype, device: torch.device, repeats: in
 
 
 class PresetStep:
-    """One training step of `args`' models, split into phases."""
+    """One training step of `args`' models, split into phases; the loss is the training script's `training_loss`."""
 
-    def __init__(self, args, encoder, unet, anchorer, noise_scheduler, optimizer, autocast_dtype: torch.dtype | None):
-        self.args, self.encoder, self.unet, self.anchorer = args, encoder, unet, anchorer
+    def __init__(self, train, args, encoder, unet, anchorer, noise_scheduler, optimizer, autocast_dtype: torch.dtype | None):
+        self.train, self.args, self.encoder, self.unet, self.anchorer = train, args, encoder, unet, anchorer
         self.noise_scheduler, self.optimizer, self.autocast_dtype = noise_scheduler, optimizer, autocast_dtype
 
     def loss(self, pixels: torch.Tensor) -> torch.Tensor:
-        args = self.args
-        noise = torch.randn_like(pixels)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (pixels.shape[0],), device=pixels.device)
-        noisy = self.noise_scheduler.add_noise(pixels, noise, timesteps)
         with torch.autocast(pixels.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            encoded = self.encoder(pixels)
-            tokens = self.anchorer.align(encoded.tokens) if self.anchorer is not None and self.anchorer.is_fitted else encoded.tokens
-            prediction = self.unet(noisy, timesteps, encoder_hidden_states=tokens).sample
-        if args.prediction_type == "epsilon":
-            target = noise
-        elif args.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(pixels, noise, timesteps)
-        else:
-            target = pixels
-        loss_fn = F.l1_loss if args.loss == "l1" else F.mse_loss
-        loss = loss_fn(prediction.float(), target.float())
-        if args.unit_kurtosis_weight > 0:
-            loss = loss + args.unit_kurtosis_weight * unit_kurtosis(encoded.units.float())
-        return loss
+            return self.train.training_loss(self.args, self.encoder, self.unet, self.anchorer, self.noise_scheduler, pixels).loss
 
     def timed(self, images: TrainingImages, rows: list[int], device: torch.device) -> dict[str, float]:
         times = {}
@@ -138,7 +119,7 @@ def main() -> None:
     anchorer.to(device)
     optimizer = train.build_optimizer(args, encoder, unet)
     autocast_dtype = None if options.dtype == "fp32" else DTYPES[options.dtype]
-    step = PresetStep(args, encoder, unet, anchorer, noise_scheduler, optimizer, autocast_dtype)
+    step = PresetStep(train, args, encoder, unet, anchorer, noise_scheduler, optimizer, autocast_dtype)
     generator = torch.Generator().manual_seed(0)
 
     def batch_rows() -> list[int]:

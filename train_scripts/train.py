@@ -19,6 +19,7 @@ import pickle
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -612,6 +613,62 @@ def sample_timesteps(batch_size: int, num_timesteps: int, power: float, device: 
     return (uniform ** (1.0 / power) * num_timesteps).long().clamp_max(num_timesteps - 1)
 
 
+@dataclass
+class StepLoss:
+    """One batch's training loss and the terms it sums (scalars; a term that is off is `None`)."""
+
+    loss: torch.Tensor
+    denoising: torch.Tensor
+    kurtosis: torch.Tensor | None = None
+    unit_kl: torch.Tensor | None = None
+
+
+def training_loss(
+    args: argparse.Namespace,
+    encoder: torch.nn.Module,
+    unet: torch.nn.Module,
+    anchorer: DyGAAnchorer,
+    noise_scheduler: DDPMScheduler,
+    pixels: torch.Tensor,
+    latents: torch.Tensor | None = None,
+) -> StepLoss:
+    """The training objective on one batch: the encoder reads `pixels` `(batch, channels, H, W)` in [-1, 1]; the U-Net
+    denoises `latents` (the pixels themselves when no VAE encoded them), reading the units' tokens, pulled toward
+    their DyGA anchors once the anchorer is fitted. `encoder` and `unet` may be wrapped (DDP, compiled)."""
+    latents = pixels if latents is None else latents
+    noise = torch.randn_like(latents)
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    timesteps = sample_timesteps(latents.shape[0], num_timesteps, args.timestep_bias_power, latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    encoder_output = encoder(pixels)
+    tokens = encoder_output.tokens
+    if args.dyga and anchorer.is_fitted:
+        tokens = anchorer.align(tokens)
+    if args.token_dropout > 0:
+        kept = torch.rand(tokens.shape[0], 1, 1, device=tokens.device) >= args.token_dropout
+        tokens = tokens * kept.to(tokens.dtype)
+    prediction = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
+    if args.prediction_type == "epsilon":
+        target = noise
+    elif args.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = latents
+    loss_fn = F.l1_loss if args.loss == "l1" else F.mse_loss
+    pixel_losses = loss_fn(prediction.float(), target.float(), reduction="none")
+    if args.detail_loss_weight > 0:
+        pixel_losses = pixel_losses * detail_weights(pixels, args.detail_loss_weight, latents.shape[-2:])
+    denoising = pixel_losses.mean()
+    step_loss = StepLoss(loss=denoising, denoising=denoising)
+    if args.unit_kurtosis_weight > 0:
+        step_loss.kurtosis = unit_kurtosis(encoder_output.units)
+        step_loss.loss = step_loss.loss + args.unit_kurtosis_weight * step_loss.kurtosis
+    if args.unit_kl_weight > 0:
+        step_loss.unit_kl = unit_kl_divergence(encoder_output.units, encoder_output.unit_log_variance)
+        step_loss.loss = step_loss.loss + args.unit_kl_weight * step_loss.unit_kl
+    return step_loss
+
+
 def set_tf32(allow: bool) -> None:
     """TF32 for float32 matmuls and cuDNN convolutions (used by Ampere and later; ignored by older GPUs and CPUs)."""
     precision = "tf32" if allow else "ieee"
@@ -1157,40 +1214,11 @@ def main(args: argparse.Namespace) -> str:
             with accelerator.accumulate(encoder, unet):
                 pixels = batch["pixel_values"]
                 pixels = to_model_range(pixels) if pixels.dtype == torch.uint8 else pixels
-                latents = to_latents(pixels)
-                noise = torch.randn_like(latents)
-                num_timesteps = noise_scheduler.config.num_train_timesteps
-                timesteps = sample_timesteps(latents.shape[0], num_timesteps, args.timestep_bias_power, latents.device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 try:
-                    encoder_output = encoder(pixels)
+                    step_loss = training_loss(args, encoder, unet, anchorer, noise_scheduler, pixels, to_latents(pixels))
                 except FloatingPointError as error:
                     stop_diverged_run(args, global_step + 1, f"the encoder failed: {error}", lr_scheduler.get_last_lr()[0])
-                tokens = encoder_output.tokens
-                if args.dyga and anchorer.is_fitted:
-                    tokens = anchorer.align(tokens)
-                if args.token_dropout > 0:
-                    kept = torch.rand(tokens.shape[0], 1, 1, device=tokens.device) >= args.token_dropout
-                    tokens = tokens * kept.to(tokens.dtype)
-                prediction = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
-                if args.prediction_type == "epsilon":
-                    target = noise
-                elif args.prediction_type == "v_prediction":
-                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                else:
-                    target = latents
-                loss_fn = F.l1_loss if args.loss == "l1" else F.mse_loss
-                pixel_losses = loss_fn(prediction.float(), target.float(), reduction="none")
-                if args.detail_loss_weight > 0:
-                    pixel_losses = pixel_losses * detail_weights(pixels, args.detail_loss_weight, latents.shape[-2:])
-                denoising_loss = pixel_losses.mean()
-                loss = denoising_loss
-                if args.unit_kurtosis_weight > 0:
-                    kurtosis = unit_kurtosis(encoder_output.units)
-                    loss = loss + args.unit_kurtosis_weight * kurtosis
-                if args.unit_kl_weight > 0:
-                    unit_kl = unit_kl_divergence(encoder_output.units, encoder_output.unit_log_variance)
-                    loss = loss + args.unit_kl_weight * unit_kl
+                loss, denoising_loss = step_loss.loss, step_loss.denoising
                 if not torch.isfinite(loss):
                     stop_diverged_run(
                         args, global_step + 1, f"the loss is {loss.item()} (denoising loss {denoising_loss.item()})",
@@ -1220,10 +1248,10 @@ def main(args: argparse.Namespace) -> str:
                 "denoising_loss": denoising_loss.detach().item(),
                 "lr": lr_scheduler.get_last_lr()[0],
             }
-            if args.unit_kurtosis_weight > 0:
-                logs["unit_kurtosis"] = kurtosis.detach().item()
-            if args.unit_kl_weight > 0:
-                logs["unit_kl"] = unit_kl.detach().item()
+            if step_loss.kurtosis is not None:
+                logs["unit_kurtosis"] = step_loss.kurtosis.detach().item()
+            if step_loss.unit_kl is not None:
+                logs["unit_kl"] = step_loss.unit_kl.detach().item()
             if args.dyga and global_step % args.dyga_every == 0:
                 fit = fit_anchorer(args, accelerator, accelerator.unwrap_model(encoder), anchorer, images, global_step)
                 dyga_fits.append(fit)
