@@ -1,7 +1,7 @@
 """Training checkpoints and final saves that a kill cannot leave half-written.
 
 A checkpoint is written by `accelerate` into a hidden `.checkpoint-{step}.partial` folder, marked complete with a small
-JSON file holding the step and the settings it was trained with, and only then renamed to `checkpoint-{step}`; old
+JSON file holding the step, the settings it was trained with and the seconds of training behind it, and only then renamed to `checkpoint-{step}`; old
 checkpoints are rotated out after that. A final pipeline is written beside the output folder's components and swapped
 in with `model_index.json` last, so a folder either loads as one model or does not load at all.
 """
@@ -52,16 +52,25 @@ def latest_complete_checkpoint(output_dir: str) -> tuple[str | None, list[str]]:
     return None, skipped
 
 
-def read_checkpoint_settings(path: str) -> dict[str, Any]:
-    """The settings a complete checkpoint was trained with; a clear error for an incomplete or unreadable one."""
+def read_checkpoint_marker(path: str) -> dict[str, Any]:
+    """A complete checkpoint's marker: `step`, `settings` and `training_seconds` (None, or absent in checkpoints saved
+    before it was recorded); a clear error for an incomplete or unreadable one."""
     marker = os.path.join(path, CHECKPOINT_MARKER)
     if not os.path.isfile(marker):
         raise ValueError(f"{path} is not a complete checkpoint (no {CHECKPOINT_MARKER}: its save was interrupted).")
     try:
         with open(marker) as file:
-            return json.load(file)["settings"]
-    except (OSError, ValueError, KeyError) as error:
+            content = json.load(file)
+        if not isinstance(content.get("settings"), dict):
+            raise KeyError("settings")
+        return content
+    except (OSError, ValueError, KeyError, AttributeError) as error:
         raise ValueError(f"{marker} is unreadable ({error}); the checkpoint cannot be trusted.") from error
+
+
+def read_checkpoint_settings(path: str) -> dict[str, Any]:
+    """The settings a complete checkpoint was trained with; a clear error for an incomplete or unreadable one."""
+    return read_checkpoint_marker(path)["settings"]
 
 
 def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
@@ -78,9 +87,17 @@ def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], path: 
         )
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, settings: dict[str, Any], total_limit: int | None) -> str:
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str,
+    step: int,
+    settings: dict[str, Any],
+    total_limit: int | None,
+    training_seconds: float | None = None,
+) -> str:
     """Saves the training state as `output_dir/checkpoint-{step}`, complete or not at all, then keeps the newest
-    `total_limit` complete checkpoints, each old one unmarked before it is deleted. Called on every process."""
+    `total_limit` complete checkpoints, each old one unmarked before it is deleted. `training_seconds`: the wall-clock
+    seconds of training behind this state, over every run that led to it. Called on every process."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
     partial = os.path.join(output_dir, f".checkpoint-{step}.partial")
     if accelerator.is_main_process:
@@ -90,7 +107,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, settin
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(partial, CHECKPOINT_MARKER), "w") as file:
-            json.dump({"step": step, "settings": settings}, file, indent=2)
+            json.dump({"step": step, "settings": settings, "training_seconds": training_seconds}, file, indent=2)
             file.flush()
             os.fsync(file.fileno())
         if os.path.exists(final):

@@ -10,6 +10,7 @@ import torch
 from accelerate.state import AcceleratorState
 
 from diffusers_dyga import DisentangledDiffusionPipeline, SkipDropoutUNet
+from diffusers_dyga.checkpointing import read_checkpoint_marker
 from diffusers_dyga.data import load_builtin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +171,13 @@ def test_time_limited_chunks_of_one_command_train_to_the_uninterrupted_weights(t
         if not finished:
             assert f"Stopped after 1e-09 minutes at step {command} of 3" in capsys.readouterr().out
             assert not (tmp_path / "chunked" / "model_index.json").exists()
-    assert json.loads((tmp_path / "chunked" / "training_report.json").read_text())["steps"] == 3
+    report = json.loads((tmp_path / "chunked" / "training_report.json").read_text())
+    assert report["steps"] == 3
+    seconds = [read_checkpoint_marker(str(tmp_path / "chunked" / f"checkpoint-{step}"))["training_seconds"] for step in (1, 2, 3)]
+    assert 0 < seconds[0] < seconds[1] < seconds[2] <= report["total_training_minutes"] * 60
+    assert report["wall_minutes"] < report["total_training_minutes"]
+    card = (tmp_path / "chunked" / "README.md").read_text()
+    assert f"Training time: {report['total_training_minutes']:.1f} minutes on " in card
     expected, got = final_state(tmp_path / "straight"), final_state(tmp_path / "chunked")
     assert expected.keys() == got.keys()
     for key in expected:

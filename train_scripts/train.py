@@ -44,7 +44,7 @@ from diffusers_dyga.checkpointing import (
     checkpoint_step,
     is_complete_checkpoint,
     latest_complete_checkpoint,
-    read_checkpoint_settings,
+    read_checkpoint_marker,
     save_checkpoint,
     save_pipeline,
 )
@@ -748,9 +748,11 @@ def resume_candidates(args: argparse.Namespace) -> list[str]:
     return [path for path in complete if is_complete_checkpoint(path)]
 
 
-def load_checkpoint(accelerator: Accelerator, path: str, args: argparse.Namespace) -> None:
-    """Loads a complete checkpoint saved with the same settings, its random states included, or raises ValueError."""
-    check_resume_settings(read_checkpoint_settings(path), resume_settings(args), path)
+def load_checkpoint(accelerator: Accelerator, path: str, args: argparse.Namespace) -> float | None:
+    """Loads a complete checkpoint saved with the same settings, its random states included, or raises ValueError.
+    Returns the seconds of training behind it (None where the checkpoint does not record them)."""
+    marker = read_checkpoint_marker(path)
+    check_resume_settings(marker["settings"], resume_settings(args), path)
     random_states = os.path.join(path, f"random_states_{accelerator.process_index}.pkl")
     if not os.path.isfile(random_states):
         raise ValueError(f"{random_states} is missing: the resumed run would not reproduce the uninterrupted one.")
@@ -762,6 +764,7 @@ def load_checkpoint(accelerator: Accelerator, path: str, args: argparse.Namespac
         accelerator.load_state(path)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"{path} could not be loaded ({type(error).__name__}: {error}).") from error
+    return marker.get("training_seconds")
 
 
 def anchorer_checksum(anchorer: DyGAAnchorer) -> str:
@@ -960,7 +963,9 @@ def unit_summary(args) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes: float, num_processes: int, device: str) -> ModelCard:
+def render_model_card(
+    args, metrics: dict | None, num_images: int, wall_minutes: float, total_minutes: float | None, num_processes: int, device: str
+) -> ModelCard:
     dataset = args.dataset or args.dataset_name
     card_data = ModelCardData(
         library_name="diffusers", license="apache-2.0", tags=["disentanglement", "dyga", "diffusers-dyga"]
@@ -1037,7 +1042,10 @@ def render_model_card(args, metrics: dict | None, num_images: int, wall_minutes:
         dyga_summary=dyga_summary,
         guidance_summary=guidance_summary,
         ema_summary=f"decay {args.ema_decay}" if args.use_ema else "off",
-        wall_minutes=f"{wall_minutes:.1f}",
+        training_time=(
+            f"{total_minutes:.1f} minutes" if total_minutes is not None
+            else f"{wall_minutes:.1f} minutes in the last resumed part (earlier parts' checkpoints did not record theirs)"
+        ),  # fmt: skip
         device=device,
         metrics_table=encoder_metrics_table(metrics, metric_sizes(args, num_images, final=True)),
         controllability_section=controllability_section(metrics),
@@ -1167,11 +1175,12 @@ def main(args: argparse.Namespace) -> str:
         accelerator.init_trackers("diffusers-dyga", config=tracker_config)
 
     global_step, first_epoch, resume_step = 0, 0, 0
+    earlier_seconds: float | None = 0.0
     candidates = resume_candidates(args) if args.resume_from_checkpoint else []
     if candidates:
         for index, path in enumerate(candidates):
             try:
-                load_checkpoint(accelerator, path, args)
+                earlier_seconds = load_checkpoint(accelerator, path, args)
                 break
             except ValueError as error:
                 if index == len(candidates) - 1 or args.resume_from_checkpoint != "latest":
@@ -1193,6 +1202,10 @@ def main(args: argparse.Namespace) -> str:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     start_time = time.perf_counter()
+
+    def training_seconds() -> float | None:
+        """Seconds of training behind the current weights, over this run and the runs it resumed."""
+        return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - start_time
 
     def to_latents(pixels: torch.Tensor) -> torch.Tensor:
         if vae is None:
@@ -1263,8 +1276,9 @@ def main(args: argparse.Namespace) -> str:
 
             if global_step % args.checkpointing_steps == 0:
                 saved = save_checkpoint(
-                    accelerator, args.output_dir, global_step, resume_settings(args), args.checkpoints_total_limit
-                )
+                    accelerator, args.output_dir, global_step, resume_settings(args), args.checkpoints_total_limit,
+                    training_seconds(),
+                )  # fmt: skip
                 logger.info(f"Saved {saved}")
 
             if accelerator.is_main_process and global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
@@ -1279,7 +1293,10 @@ def main(args: argparse.Namespace) -> str:
 
     if time_up:
         if global_step % args.checkpointing_steps:
-            saved = save_checkpoint(accelerator, args.output_dir, global_step, resume_settings(args), args.checkpoints_total_limit)
+            saved = save_checkpoint(
+                accelerator, args.output_dir, global_step, resume_settings(args), args.checkpoints_total_limit,
+                training_seconds(),
+            )  # fmt: skip
             logger.info(f"Saved {saved}")
         accelerator.print(
             f"Stopped after {args.max_train_minutes} minutes at step {global_step} of {args.max_train_steps}; the same "
@@ -1298,6 +1315,8 @@ def main(args: argparse.Namespace) -> str:
         dyga_fits.append(fit_anchorer(args, accelerator, encoder, anchorer, images, global_step))
     if accelerator.is_main_process:
         wall_minutes = (time.perf_counter() - start_time) / 60
+        total_seconds = training_seconds()
+        total_minutes = None if total_seconds is None else total_seconds / 60
         pipeline = make_pipeline(args, accelerator, encoder, unet, anchorer if args.dyga else None, vae, noise_scheduler)
         save_pipeline(pipeline, args.output_dir)
         logger.info(f"Saved the pipeline to {args.output_dir}")
@@ -1307,6 +1326,7 @@ def main(args: argparse.Namespace) -> str:
         report = {
             "steps": global_step,
             "wall_minutes": wall_minutes,
+            "total_training_minutes": total_minutes,
             "process_cpu_minutes": time.process_time() / 60,
             "device": device,
             "mixed_precision": accelerator.mixed_precision,
@@ -1323,7 +1343,7 @@ def main(args: argparse.Namespace) -> str:
         }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
             json.dump(report, file, indent=2)
-        card = render_model_card(args, metrics, len(dataset), wall_minutes, accelerator.num_processes, device)
+        card = render_model_card(args, metrics, len(dataset), wall_minutes, total_minutes, accelerator.num_processes, device)
         card.save(os.path.join(args.output_dir, "README.md"))
         logger.info(f"Saved the training report and the model card to {args.output_dir}")
         if args.push_to_hub:
