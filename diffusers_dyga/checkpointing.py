@@ -68,11 +68,6 @@ def read_checkpoint_marker(path: str) -> dict[str, Any]:
         raise ValueError(f"{marker} is unreadable ({error}); the checkpoint cannot be trusted.") from error
 
 
-def read_checkpoint_settings(path: str) -> dict[str, Any]:
-    """The settings a complete checkpoint was trained with; a clear error for an incomplete or unreadable one."""
-    return read_checkpoint_marker(path)["settings"]
-
-
 def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
     """Refuses to resume when a setting that changes the objective or a parameter's shape differs from the checkpoint's."""
     changed = [
