@@ -20,6 +20,33 @@ def unit_kurtosis(units: torch.Tensor) -> torch.Tensor:
     return standardised.pow(4).mean()
 
 
+def unit_dependence(units: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor:
+    """Mean statistical dependence between pairs of units over a batch: `(batch, num_units)` -> scalar in [0, 1].
+
+    For each pair of units, the normalised Hilbert-Schmidt independence criterion (kernel CKA) of Gaussian kernels of
+    width `bandwidth` on the standardised units: near 0 for independent units (up to a bias of order 1 / batch), 1 for
+    units that are functions of each other. Unlike the kurtosis, it does not favour units with few values: two
+    units that split one many-valued factor into bits stay independent, a unit that mixes two factors does not.
+    """
+    if units.ndim != 2 or units.shape[0] < 2 or units.shape[1] < 2:
+        raise ValueError(
+            f"unit_dependence expects units of shape (batch >= 2, num_units >= 2), got {tuple(units.shape)}."
+        )
+    units = units.float()
+    standardised = (units - units.mean(dim=0)) / units.std(dim=0).clamp_min(1e-6)
+    columns = standardised.T.unsqueeze(-1)
+    kernels = torch.exp(-(columns - columns.transpose(1, 2)).pow(2) / (2 * bandwidth**2))
+    centred = kernels - kernels.mean(dim=1, keepdim=True) - kernels.mean(dim=2, keepdim=True)
+    centred = centred + kernels.mean(dim=(1, 2), keepdim=True)
+    flat = centred.flatten(1)
+    gram = flat @ flat.T
+    scale = gram.diagonal().clamp_min(1e-12).sqrt()
+    alignment = gram / (scale[:, None] * scale[None, :])
+    num_units = units.shape[1]
+    off_diagonal = ~torch.eye(num_units, dtype=torch.bool, device=units.device)
+    return alignment[off_diagonal].mean()
+
+
 def unit_kl_divergence(units: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
     """KL divergence of the units' Gaussian posteriors from N(0, 1), summed over units, averaged over the batch:
     `(batch, num_units)` means and log-variances -> scalar (nats per image), as in a VAE."""

@@ -63,7 +63,8 @@ def tiny_args(output_dir, cache_dir, *extra) -> list[str]:
 
 def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path, cache_dir):
     output = tmp_path / "run"
-    train.main(train.parse_args(tiny_args(output, cache_dir, "--use_ema", "--token_dropout", "0.5", "--guidance_scale", "2")))
+    extra = ["--use_ema", "--token_dropout", "0.5", "--guidance_scale", "2", "--unit_dependence_weight", "0.1"]
+    train.main(train.parse_args(tiny_args(output, cache_dir, *extra)))
     for name in ("model_index.json", "README.md", "interchange_grid.png", "training_report.json"):
         assert (output / name).is_file(), name
     assert (output / "checkpoint-3" / "anchorer").is_dir() and (output / "checkpoint-6" / "unet_ema").is_dir()
@@ -93,6 +94,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
     assert "the units are whitened" in card and "their kurtosis is added to the loss with weight 0.03" in card
+    assert "their mean pairwise dependence (kernel HSIC) is added to the loss with weight 0.1" in card
     assert "training timesteps drawn uniformly" in card and "number of Gaussians (at most 10) chosen by ICL" in card
     assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
     assert "## Controllability of the renders" in card and "| factor | reconstruction accuracy |" in card
@@ -246,6 +248,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         ("--timestep_bias_power", "0", "--timestep_bias_power must be positive"),
         ("--unit_noise", "-0.1", "--unit_noise must be non-negative"),
         ("--unit_kurtosis_weight", "-0.1", "--unit_kurtosis_weight must be non-negative"),
+        ("--unit_dependence_weight", "-0.1", "--unit_dependence_weight must be non-negative"),
         ("--token_dropout", "1", "--token_dropout must be in [0, 1)"),
         ("--guidance_scale", "0.5", "--guidance_scale must be at least 1"),
         ("--guidance_scale", "3", "--guidance_scale above 1 needs --token_dropout above 0"),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffusers_dyga.training_utils import detail_weights, unit_kl_divergence, unit_kurtosis
+from diffusers_dyga.training_utils import detail_weights, unit_dependence, unit_kl_divergence, unit_kurtosis
 
 
 def rotation(angle: torch.Tensor) -> torch.Tensor:
@@ -46,6 +46,30 @@ def test_unit_kurtosis_rejects_single_rows_and_wrong_shapes():
         unit_kurtosis(torch.randn(1, 4))
     with pytest.raises(ValueError, match=r"got \(2, 3, 4\)"):
         unit_kurtosis(torch.randn(2, 3, 4))
+
+
+def test_unit_dependence_separates_independent_units_from_functions_of_one_factor():
+    generator = torch.Generator().manual_seed(0)
+    position = torch.randint(0, 8, (512, 2), generator=generator).float()
+    x, y = position.unbind(dim=1)
+    independent = unit_dependence(position).item()
+    bits_of_x = torch.stack([(x >= 4).float(), (x % 4 >= 2).float(), x % 2], dim=1)
+    folded = torch.stack([x, (x - 3.5).abs()], dim=1)
+    mixed = torch.stack([x + y, x + (y - 3.5).abs()], dim=1)
+    assert independent < 0.01 and unit_dependence(bits_of_x).item() < 0.01
+    assert unit_dependence(folded).item() > 0.3 and unit_dependence(mixed).item() > 0.1
+    assert unit_dependence(torch.stack([x, 2 * x + 1], dim=1)).item() == pytest.approx(1.0, abs=1e-5)
+    assert unit_dependence(10 * position - 3).item() == pytest.approx(independent, abs=1e-5)
+
+
+def test_unit_dependence_has_gradients_and_rejects_wrong_shapes():
+    units = torch.randn(32, 4, requires_grad=True)
+    unit_dependence(units).backward()
+    assert torch.isfinite(units.grad).all() and units.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\(batch >= 2, num_units >= 2\), got \(32, 1\)"):
+        unit_dependence(torch.randn(32, 1))
+    with pytest.raises(ValueError, match=r"got \(1, 4\)"):
+        unit_dependence(torch.randn(1, 4))
 
 
 def test_detail_weights_favour_edges_and_average_one_per_image():

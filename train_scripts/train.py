@@ -59,7 +59,7 @@ from diffusers_dyga.training_data import (
     load_training_data,
     prepare_images,
 )
-from diffusers_dyga.training_utils import detail_weights, unit_kl_divergence, unit_kurtosis
+from diffusers_dyga.training_utils import detail_weights, unit_dependence, unit_kl_divergence, unit_kurtosis
 
 logger = get_logger(__name__)
 
@@ -81,6 +81,7 @@ PRESETS = {
         "unit_noise": 0.3,
         "unit_whitening": True,
         "unit_kurtosis_weight": 0.03,
+        "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
         "unet_channels": [32, 64, 64],
@@ -139,6 +140,7 @@ PRESETS = {
         "unit_noise": 0.0,
         "unit_whitening": False,
         "unit_kurtosis_weight": 0.0,
+        "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
         "unet_channels": [64, 128, 256, 256],
@@ -206,6 +208,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="Weight of the units' kurtosis in the loss: turns whitened units toward single factors (0: off).",
+    )
+    model.add_argument(
+        "--unit_dependence_weight",
+        type=float,
+        default=None,
+        help="Weight of the units' mean pairwise dependence (kernel HSIC) in the loss: keeps any two units from "
+        "holding functions of one factor (ours; 0: off).",
     )
     model.add_argument(
         "--unit_posterior",
@@ -417,6 +426,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--unit_kurtosis_weight must be non-negative, got {args.unit_kurtosis_weight}.")
     if args.unit_kurtosis_weight > 0 and args.train_batch_size < 2:
         parser.error("--unit_kurtosis_weight needs --train_batch_size of at least 2 (the kurtosis is taken over the batch).")
+    if args.unit_dependence_weight < 0:
+        parser.error(f"--unit_dependence_weight must be non-negative, got {args.unit_dependence_weight}.")
+    if args.unit_dependence_weight > 0 and (args.train_batch_size < 2 or args.num_units < 2):
+        parser.error("--unit_dependence_weight needs --train_batch_size and --num_units of at least 2 (pairs over the batch).")
     if not 0 <= args.token_dropout < 1:
         parser.error(f"--token_dropout must be in [0, 1), got {args.token_dropout}.")
     if args.guidance_scale < 1:
@@ -620,6 +633,7 @@ class StepLoss:
     loss: torch.Tensor
     denoising: torch.Tensor
     kurtosis: torch.Tensor | None = None
+    dependence: torch.Tensor | None = None
     unit_kl: torch.Tensor | None = None
 
 
@@ -663,6 +677,9 @@ def training_loss(
     if args.unit_kurtosis_weight > 0:
         step_loss.kurtosis = unit_kurtosis(encoder_output.units)
         step_loss.loss = step_loss.loss + args.unit_kurtosis_weight * step_loss.kurtosis
+    if args.unit_dependence_weight > 0:
+        step_loss.dependence = unit_dependence(encoder_output.units)
+        step_loss.loss = step_loss.loss + args.unit_dependence_weight * step_loss.dependence
     if args.unit_kl_weight > 0:
         step_loss.unit_kl = unit_kl_divergence(encoder_output.units, encoder_output.unit_log_variance)
         step_loss.loss = step_loss.loss + args.unit_kl_weight * step_loss.unit_kl
@@ -711,7 +728,7 @@ RESUME_SETTINGS = (
     "resolution", "vae", "num_units", "unit_dim", "encoder_channels", "encoder_hidden_dim", "token_hidden_dim",
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "encoder_coordinate_input",
-    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_posterior", "unit_kl_weight",
+    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_dependence_weight", "unit_posterior", "unit_kl_weight",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "skip_dropout",
@@ -952,6 +969,10 @@ def unit_summary(args) -> str:
         parts.append("the units are whitened (no two carry the same signal)")
     if args.unit_kurtosis_weight > 0:
         parts.append(f"their kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
+    if args.unit_dependence_weight > 0:
+        parts.append(
+            f"their mean pairwise dependence (kernel HSIC) is added to the loss with weight {args.unit_dependence_weight}"
+        )
     if args.unit_posterior == "gaussian":
         parts.append(
             f"each unit is the mean of a Gaussian posterior whose KL divergence from N(0, 1) is added to the loss "
@@ -1263,6 +1284,8 @@ def main(args: argparse.Namespace) -> str:
             }
             if step_loss.kurtosis is not None:
                 logs["unit_kurtosis"] = step_loss.kurtosis.detach().item()
+            if step_loss.dependence is not None:
+                logs["unit_dependence"] = step_loss.dependence.detach().item()
             if step_loss.unit_kl is not None:
                 logs["unit_kl"] = step_loss.unit_kl.detach().item()
             if args.dyga and global_step % args.dyga_every == 0:
