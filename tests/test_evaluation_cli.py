@@ -36,6 +36,27 @@ def test_cli_evaluates_a_saved_pipeline_and_writes_json(tmp_path, capsys):
     assert set(control["reconstruction_accuracy"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
     assert "held_out_degraded_accuracy" in control["factor_classifier"]
     assert "wrote" in capsys.readouterr().out
+    assert report["dci_booster"] == "exact"
+
+    histogram_output = tmp_path / "histogram.json"
+    main(
+        [
+            "--pipeline", str(tmp_path / "pipe"),
+            "--dataset", "builtin:shapes",
+            "--resolution", str(SIZE),
+            "--factor_sizes", "2", "2", "3", "1", "2", "2",
+            "--cache_dir", str(tmp_path / "cache"),
+            "--num_train", "100",
+            "--num_test", "50",
+            "--representations", "units",
+            "--control_num_sources", "0",
+            "--dci_booster", "histogram",
+            "--output", str(histogram_output),
+        ]
+    )  # fmt: skip
+    histogram = json.loads(histogram_output.read_text())
+    assert histogram["dci_booster"] == "histogram" and 0.0 <= histogram["metrics"]["dci"]["disentanglement"] <= 1.0
+    assert histogram["metrics"]["factor_vae"] == report["metrics"]["factor_vae"], "only DCI depends on the booster"
 
 
 def test_cli_refuses_an_output_folder_that_does_not_exist_before_any_work(tmp_path, capsys):

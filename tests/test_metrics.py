@@ -119,6 +119,30 @@ def test_dci_values_do_not_depend_on_parallel_fits(factors):
     assert dci(codes[:, :2], factors[:, :2], n_jobs=None, **sizes) == dci(codes[:, :2], factors[:, :2], n_jobs=2, **sizes)
 
 
+def test_histogram_dci_booster_stays_near_the_exact_one(factors):
+    rng = np.random.RandomState(2)
+    for codes in (perfect_codes(factors, rng), rotated_codes(factors), rng.randn(len(factors), 6)):
+        exact = dci(codes, factors, **SMALL)
+        histogram = dci(codes, factors, booster="histogram", **SMALL)
+        for name in ("disentanglement", "completeness", "informativeness_test"):
+            assert histogram[name] == pytest.approx(exact[name], abs=0.05), (name, exact, histogram)
+    codes = perfect_codes(factors, rng)
+    flat = flatten_metrics(evaluate_representation(codes, factors, SIZES, dci_booster="histogram", **SMALL))
+    assert flat["dci/disentanglement"] > 0.9
+
+
+def test_dci_booster_is_checked(factors, monkeypatch):
+    codes = np.random.RandomState(0).randn(len(factors), 3)
+    with pytest.raises(ValueError, match="dci booster must be one of exact, histogram, got 'lightgbm'"):
+        dci(codes, factors, booster="lightgbm")
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lightgbm" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"needs lightgbm: pip install -e \"\.\[fast-dci\]\""):
+        dci(codes, factors, booster="histogram")
+
+
 def test_modularity_by_hand():
     assert modularity(np.array([[1.0, 0.0], [0.0, 2.0]])) == pytest.approx(1.0)
     assert modularity(np.array([[1.0, 1.0]])) == pytest.approx(0.0)

@@ -71,6 +71,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert any(f.startswith("events.out.tfevents") for _, _, files in os.walk(output / "logs") for f in files)
     report = json.loads((output / "training_report.json").read_text())
     assert report["steps"] == 6 and [fit["step"] for fit in report["dyga_fits"]] == [3, 6, 6]
+    assert report["dci_booster"] == "exact"
     assert report["images_per_second"] > 0 and (report["peak_gpu_memory_gib"] is None) == (not torch.cuda.is_available())
     groups = {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
     assert set(report["metrics"]) == groups | {f"token_pca/{group}" for group in groups} | {
@@ -236,7 +237,7 @@ def test_push_to_hub_uploads_the_pipeline_without_checkpoints_or_logs(tmp_path, 
             assert torch.equal(value, saved_value), f"{name}.{key}"
 
 
-def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
+def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         train.parse_args(tiny_args(tmp_path, cache_dir, "--model_config", "huge"))
     assert "Unknown --model_config 'huge'" in capsys.readouterr().err
@@ -283,6 +284,12 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys):
         with pytest.raises(SystemExit):
             train.parse_args(tiny_args(tmp_path, cache_dir, f"{flag}={value}"))
         assert message in capsys.readouterr().err
+    real_find_spec = importlib.util.find_spec
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lightgbm" else real_find_spec(name, *a))
+        with pytest.raises(SystemExit):
+            train.parse_args(tiny_args(tmp_path, cache_dir, "--dci_booster", "histogram"))
+    assert '--dci_booster histogram needs lightgbm: pip install -e ".[fast-dci]"' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train.parse_args(tiny_args(tmp_path, cache_dir, "--no-unit_whitening", "--train_batch_size", "1"))
     assert "--unit_kurtosis_weight needs --train_batch_size of at least 2" in capsys.readouterr().err
