@@ -421,3 +421,12 @@ def test_dyga_refits_fit_the_encoded_or_the_anchored_tokens(tmp_path, cache_dir,
     torch.testing.assert_close(rows[order(rows)], expected[order(expected)], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(anchorer.align(encoded), encoded)
     assert train.PRESETS["paper"]["dyga_fit_on"] == "anchored" and train.PRESETS["tiny"]["dyga_fit_on"] == "encoded"
+
+
+def test_model_card_names_an_approximate_dci():
+    metrics = {"dci": {"disentanglement": 0.5}, "controllability": {"mean_swap_accuracy": 0.1}}
+    sizes = {"num_train": 10000, "num_test": 5000}
+    exact = train.encoder_metrics_table(metrics, sizes)
+    approximate = train.encoder_metrics_table(metrics, sizes, "histogram")
+    assert "| dci/disentanglement | 0.500 |" in exact and "controllability" not in exact
+    assert "histogram booster" not in exact and "LightGBM's histogram booster (`--dci_booster histogram`)" in approximate
