@@ -7,23 +7,25 @@ from diffusers_dyga.evaluation.__main__ import load_ground_truth, main
 from .tiny import SIZE, tiny_pipeline
 
 
+def cli_arguments(tmp_path, output, *extra) -> list[str]:
+    """The evaluation command on the pipeline saved in `tmp_path / "pipe"`, over a 48-image shapes grid."""
+    return [
+        "--pipeline", str(tmp_path / "pipe"),
+        "--dataset", "builtin:shapes",
+        "--resolution", str(SIZE),
+        "--factor_sizes", "2", "2", "3", "1", "2", "2",
+        "--cache_dir", str(tmp_path / "cache"),
+        "--num_train", "100",
+        "--num_test", "50",
+        "--output", str(output),
+        *extra,
+    ]  # fmt: skip
+
+
 def test_cli_evaluates_a_saved_pipeline_and_writes_json(tmp_path, capsys):
     tiny_pipeline().save_pretrained(tmp_path / "pipe")
     output = tmp_path / "metrics.json"
-    main(
-        [
-            "--pipeline", str(tmp_path / "pipe"),
-            "--dataset", "builtin:shapes",
-            "--resolution", str(SIZE),
-            "--factor_sizes", "2", "2", "3", "1", "2", "2",
-            "--cache_dir", str(tmp_path / "cache"),
-            "--num_train", "100",
-            "--num_test", "50",
-            "--control_num_sources", "4",
-            "--control_inference_steps", "2",
-            "--output", str(output),
-        ]
-    )  # fmt: skip
+    main(cli_arguments(tmp_path, output, "--control_num_sources", "4", "--control_inference_steps", "2"))
     report = json.loads(output.read_text())
     assert report["num_rows"] == 48 and report["factor_sizes"] == [2, 2, 3, 1, 2, 2]
     groups = {"factor_vae", "dci", "mig", "sap", "modularity_explicitness", "downstream"}
@@ -40,20 +42,10 @@ def test_cli_evaluates_a_saved_pipeline_and_writes_json(tmp_path, capsys):
 
     histogram_output = tmp_path / "histogram.json"
     main(
-        [
-            "--pipeline", str(tmp_path / "pipe"),
-            "--dataset", "builtin:shapes",
-            "--resolution", str(SIZE),
-            "--factor_sizes", "2", "2", "3", "1", "2", "2",
-            "--cache_dir", str(tmp_path / "cache"),
-            "--num_train", "100",
-            "--num_test", "50",
-            "--representations", "units",
-            "--control_num_sources", "0",
-            "--dci_booster", "histogram",
-            "--output", str(histogram_output),
-        ]
-    )  # fmt: skip
+        cli_arguments(
+            tmp_path, histogram_output, "--representations", "units", "--control_num_sources", "0", "--dci_booster", "histogram"
+        )
+    )
     histogram = json.loads(histogram_output.read_text())
     assert histogram["dci_booster"] == "histogram" and 0.0 <= histogram["metrics"]["dci"]["disentanglement"] <= 1.0
     assert histogram["metrics"]["factor_vae"] == report["metrics"]["factor_vae"], "only DCI depends on the booster"
