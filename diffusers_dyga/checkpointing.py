@@ -2,8 +2,9 @@
 
 A checkpoint is written by `accelerate` into a hidden `.checkpoint-{step}.partial` folder, marked complete with a small
 JSON file holding the step, the settings it was trained with and the seconds of training behind it, and only then
-renamed to `checkpoint-{step}`; old checkpoints are rotated out after that. A final pipeline is written beside the output folder's components and swapped
-in with `model_index.json` last, so a folder either loads as one model or does not load at all.
+renamed to `checkpoint-{step}`; old checkpoints are rotated out after that. A final pipeline is written beside the
+output folder's components and swapped in with `model_index.json` last, so a folder either loads as one model or
+does not load at all.
 """
 
 import json
