@@ -57,12 +57,13 @@ def main() -> None:
         if not (folder / "model_index.json").is_file():
             print(f"skipping {path.stem}: no pipeline in {folder}")
             continue
-        name, resolution, grid_sizes = record_grid(record["arguments"])
-        if (name, resolution, grid_sizes) not in datasets:
-            datasets[name, resolution, grid_sizes] = load_builtin(
-                name, resolution=resolution, factor_sizes=grid_sizes, cache_dir=args.cache_dir
+        grid = record_grid(record["arguments"])
+        if grid not in datasets:
+            grid_name, resolution, grid_sizes = grid
+            datasets[grid] = load_builtin(
+                grid_name, resolution=resolution, factor_sizes=grid_sizes, cache_dir=args.cache_dir
             )
-        dataset = datasets[name, resolution, grid_sizes]
+        dataset = datasets[grid]
         factors = factors_array(dataset)
         pipe = DisentangledDiffusionPipeline.from_pretrained(folder)
         sizes = record["metric_sizes"]
@@ -91,7 +92,8 @@ def main() -> None:
         models.append(model)
 
     print_table(
-        ["model", "representation"] + [f"{label} {name[:14]}" for name in VALUES for label in ("exact", "hist - exact")],
+        ["model", "representation"]
+        + [f"{label} {name[:14]}" for name in VALUES for label in ("exact", "hist - exact")],
         rows,
     )
     summary = {}
@@ -131,14 +133,20 @@ def main() -> None:
     print_table(
         ["variant - reference, DCI-D", "seeds", "exact mean", "exact higher", "histogram mean", "histogram higher"],
         [
-            [key, p["seeds"], p["exact"]["mean"], p["exact"]["higher"], p["histogram"]["mean"], p["histogram"]["higher"]]
+            [key, p["seeds"]]
+            + [p[booster][value] for booster in ("exact", "histogram") for value in ("mean", "higher")]
             for key, p in paired.items()
         ],
     )
-    print_table(
-        ["model", "suite, exact DCI (s)", "suite, histogram DCI (s)", "ratio"],
-        [[t["name"], t["suite_seconds"]["exact"], t["suite_seconds"]["histogram"], t["suite_seconds"]["exact"] / t["suite_seconds"]["histogram"]] for t in timings],
-    )
+    if timings:
+        print_table(
+            ["model", "suite, exact DCI (s)", "suite, histogram DCI (s)", "ratio"],
+            [
+                [t["name"], t["suite_seconds"]["exact"], t["suite_seconds"]["histogram"]]
+                + [t["suite_seconds"]["exact"] / t["suite_seconds"]["histogram"]]
+                for t in timings
+            ],
+        )
     write_json(args.output, {"models": models, "summary": summary, "paired": paired, "timings": timings})
 
 

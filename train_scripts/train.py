@@ -51,7 +51,13 @@ from diffusers_dyga.checkpointing import (
 )
 from diffusers_dyga.data import DecodedImages, factor_names, image_channels, to_model_range
 from diffusers_dyga.encoder import as_widths
-from diffusers_dyga.evaluation import REPRESENTATIONS, evaluate_controllability, evaluate_pipeline, flatten_metrics
+from diffusers_dyga.evaluation import (
+    DCI_BOOSTERS,
+    REPRESENTATIONS,
+    evaluate_controllability,
+    evaluate_pipeline,
+    flatten_metrics,
+)
 from diffusers_dyga.pipeline import eval_mode
 from diffusers_dyga.training_data import (
     TrainingImages,
@@ -388,7 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     validation.add_argument("--eval_num_test", type=int, default=5000, help="Test rows / evaluation votes, likewise.")
     validation.add_argument(
         "--dci_booster",
-        choices=["exact", "histogram"],
+        choices=DCI_BOOSTERS,
         default="exact",
         help="DCI's classifiers: exact (disentanglement_lib's) or histogram (LightGBM, faster, approximate; fast-dci extra).",
     )

@@ -5,7 +5,7 @@ and returns a dict of named floats.
 """
 
 from .controllability import controllability, evaluate_controllability, unit_factor_shares
-from .dci import completeness, dci, disentanglement
+from .dci import DCI_BOOSTERS, completeness, dci, disentanglement
 from .downstream import downstream_accuracy
 from .factor_classifier import FactorClassifier, load_or_train_factor_classifier, train_factor_classifier
 from .factor_vae import factor_vae_score
@@ -21,6 +21,7 @@ __all__ = [
     "completeness",
     "controllability",
     "dataset_images",
+    "DCI_BOOSTERS",
     "dci",
     "disentanglement",
     "downstream_accuracy",

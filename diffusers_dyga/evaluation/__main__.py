@@ -19,6 +19,7 @@ import torch
 
 from ..data import factor_names, factor_sizes, load_3dshapes_h5, load_builtin, load_dsprites_npz, load_mpi3d_npz
 from .controllability import evaluate_controllability
+from .dci import DCI_BOOSTERS
 from .representations import REPRESENTATIONS, evaluate_pipeline
 
 FILE_LOADERS = {"3dshapes": load_3dshapes_h5, "dsprites_npz": load_dsprites_npz, "mpi3d": load_mpi3d_npz}
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=-1, help="Processes for DCI's per-factor fits (-1: every core; same values).")
     parser.add_argument(
         "--dci_booster",
-        choices=["exact", "histogram"],
+        choices=DCI_BOOSTERS,
         default="exact",
         help="exact: disentanglement_lib's GradientBoostingClassifier; histogram: LightGBM, faster, approximate (fast-dci extra).",
     )

@@ -33,7 +33,7 @@ def completeness(importance: np.ndarray) -> float:
     return float(np.sum(per_factor * weights.sum(axis=0) / weights.sum()))
 
 
-BOOSTERS = ("exact", "histogram")
+DCI_BOOSTERS = ("exact", "histogram")
 
 
 def _histogram_booster(seed: int):
@@ -99,10 +99,12 @@ def dci(
     Returns:
         `disentanglement`, `completeness`, `informativeness_train`, `informativeness_test` (the reported one).
     """
-    if booster not in BOOSTERS:
-        raise ValueError(f"dci booster must be one of {', '.join(BOOSTERS)}, got {booster!r}.")
+    if booster not in DCI_BOOSTERS:
+        raise ValueError(f"dci booster must be one of {', '.join(DCI_BOOSTERS)}, got {booster!r}.")
     if booster == "histogram" and importlib.util.find_spec("lightgbm") is None:
-        raise ImportError('dci(booster="histogram") needs lightgbm: pip install -e ".[fast-dci]" (or pip install lightgbm).')
+        raise ImportError(
+            'dci(booster="histogram") needs lightgbm: pip install -e ".[fast-dci]" (or pip install lightgbm).'
+        )
     codes, factors = check_codes_and_factors(codes, factors)
     random_state = as_random_state(random_state)
     train = sample_rows(len(codes), num_train, random_state)
