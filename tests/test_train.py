@@ -374,6 +374,17 @@ def test_preset_heads_follow_attention_head_channels_and_encoder_has_its_own_lea
     assert unet.config.coordinate_input and unet.conv_in.in_channels == 5
 
 
+def test_attention_resolutions_choose_the_unet_levels_with_cross_attention(tmp_path, cache_dir, capsys):
+    args = train.parse_args(tiny_args(tmp_path, cache_dir, "--attention_resolutions", "16", "8", "4"))
+    args.vae_scale = 1
+    _, unet, _, _ = train.build_models(args, in_channels=3, latent_channels=3)
+    assert unet.config.down_block_types == ("CrossAttnDownBlock2D",) * 3
+    assert unet.config.up_block_types == ("CrossAttnUpBlock2D",) * 3
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path, cache_dir, "--attention_resolutions", "32"))
+    assert "--attention_resolutions [32]: the U-Net's levels are [16, 8, 4] wide" in capsys.readouterr().err
+
+
 def test_paper_pixel_preset_is_the_official_architecture_and_trains_end_to_end(tmp_path, cache_dir, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(tiny_args(tmp_path, cache_dir, "--model_config", "paper"))

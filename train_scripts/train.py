@@ -236,6 +236,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Weight of the units' KL divergence from N(0, 1) in the loss (needs --unit_posterior gaussian).",
     )
     model.add_argument(
+        "--attention_resolutions",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Spatial sizes of the U-Net levels with cross-attention to the tokens (tiny: 16 and 8; 32 adds the full "
+        "resolution of a 32x32 model).",
+    )
+    model.add_argument(
         "--attention_head_channels", type=int, default=None, help="Channels per attention head (heads = width / this)."
     )
     model.add_argument(
