@@ -6,6 +6,11 @@
 Encodes the whole built-in grid and, for each unit and factor, takes the share of the unit's variance that the factor
 explains (`diffusers_dyga.evaluation.unit_factor_shares`: 1 for a unit that is a function of that factor alone, 0
 for a unit that ignores it). Also prints each unit's kurtosis and the mean absolute correlation between units.
+
+For every factor that two or more units hold (the factor explains at least half of each one's variance), it takes
+the two that hold it most, whitens that pair and prints the kurtosis of its projections on directions around half a
+turn: a flat curve means that the kurtosis term cannot prefer one rotation of the pair (one unit per factor) over
+another; a curve with deep minima at the axes means it splits the factor into two two-valued units.
 """
 
 import argparse
@@ -19,6 +24,32 @@ from diffusers_dyga.data import factor_names, factors_array, load_builtin
 from diffusers_dyga.evaluation import encode_dataset, unit_factor_shares
 
 ROOT = Path(__file__).resolve().parents[1]
+HELD_SHARE = 0.5
+
+
+def rotation_kurtosis(pair: np.ndarray, num_angles: int = 36) -> np.ndarray:
+    """Kurtosis of the whitened `(rows, 2)` codes projected on `num_angles` directions over half a turn."""
+    centred = pair - pair.mean(axis=0)
+    white = centred @ np.linalg.inv(np.linalg.cholesky(np.cov(centred.T))).T
+    angles = np.linspace(0, np.pi, num_angles, endpoint=False)
+    projections = white @ np.stack([np.cos(angles), np.sin(angles)])
+    return (projections**4).mean(axis=0) / (projections**2).mean(axis=0) ** 2
+
+
+def shared_factors(codes: np.ndarray, shares: np.ndarray, names: list[str]) -> list[dict]:
+    """The factors held by two or more units, with the kurtosis of their two strongest units' rotations."""
+    shared = []
+    for factor, name in enumerate(names):
+        holders = [unit for unit in np.argsort(-shares[:, factor]) if shares[unit].argmax() == factor]
+        holders = [int(unit) for unit in holders if shares[unit, factor] >= HELD_SHARE]
+        if len(holders) < 2:
+            continue
+        kurtosis = rotation_kurtosis(codes[:, holders[:2]])
+        shared.append(
+            {"factor": name, "units": holders, "rotation_kurtosis_min": float(kurtosis.min()),
+             "rotation_kurtosis_max": float(kurtosis.max()), "rotation_kurtosis_at_axes": float(kurtosis[0])}
+        )  # fmt: skip
+    return shared
 
 
 def main() -> None:
@@ -42,6 +73,12 @@ def main() -> None:
     rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}"] for unit in range(codes.shape[1])]
     print_table(["unit", *names, "kurtosis"], rows)
     print(f"mean absolute correlation between units: {mean_absolute_correlation:.3f}")
+    shared = shared_factors(codes, shares, names)
+    print_table(
+        ["factor held by several units", "units", "pair's kurtosis: min", "max", "at the units' own axes"],
+        [[entry["factor"], " ".join(map(str, entry["units"])), f"{entry['rotation_kurtosis_min']:.2f}",
+          f"{entry['rotation_kurtosis_max']:.2f}", f"{entry['rotation_kurtosis_at_axes']:.2f}"] for entry in shared],
+    )  # fmt: skip
     write_json(
         options.output,
         {
@@ -50,6 +87,7 @@ def main() -> None:
             "shares": shares.tolist(),
             "kurtosis": kurtosis.tolist(),
             "mean_absolute_correlation": mean_absolute_correlation,
+            "shared_factors": shared,
         },
     )
 
