@@ -74,11 +74,14 @@ def main() -> None:
     print_table(["unit", *names, "kurtosis"], rows)
     print(f"mean absolute correlation between units: {mean_absolute_correlation:.3f}")
     shared = shared_factors(codes, shares, names)
-    print_table(
-        ["factor held by several units", "units", "pair's kurtosis: min", "max", "at the units' own axes"],
-        [[entry["factor"], " ".join(map(str, entry["units"])), f"{entry['rotation_kurtosis_min']:.2f}",
-          f"{entry['rotation_kurtosis_max']:.2f}", f"{entry['rotation_kurtosis_at_axes']:.2f}"] for entry in shared],
-    )  # fmt: skip
+    if not shared:
+        print("no factor explains at least half of the variance of two units")
+    else:
+        print_table(
+            ["factor held by several units", "units", "pair's kurtosis: min", "max", "at the units' own axes"],
+            [[entry["factor"], " ".join(map(str, entry["units"])), f"{entry['rotation_kurtosis_min']:.2f}",
+              f"{entry['rotation_kurtosis_max']:.2f}", f"{entry['rotation_kurtosis_at_axes']:.2f}"] for entry in shared],
+        )  # fmt: skip
     write_json(
         options.output,
         {
