@@ -132,3 +132,37 @@ def test_coordinate_input_gives_the_first_conv_each_pixels_position(tmp_path):
     assert reloaded.config.coordinate_input and reloaded.conv_in.in_channels == 5
     with torch.no_grad():
         assert torch.equal(reloaded(sample, 10, encoder_hidden_states=tokens).sample, output)
+
+
+def test_broadcast_tokens_give_every_pixel_each_tokens_readout(tmp_path):
+    unet = tiny_unet(coordinate_input=True, broadcast_tokens=4).eval()
+    assert unet.config.in_channels == 3 and unet.conv_in.in_channels == 3 + 2 + 4
+    seen = []
+    unet.conv_in.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    sample, timesteps, tokens = unet_inputs()
+    with torch.no_grad():
+        output = unet(sample, timesteps, encoder_hidden_states=tokens).sample
+        readout = (tokens * unet.token_readout_weight).sum(-1) + unet.token_readout_bias
+    broadcast = seen[0][:, 5:]
+    assert broadcast.shape == (3, 4, SIZE, SIZE)
+    assert torch.allclose(broadcast, readout[:, :, None, None].expand_as(broadcast))
+    assert torch.equal(seen[0][:, :3], sample)
+
+    with torch.no_grad():
+        unet.token_readout_bias.add_(1.0)
+        assert not torch.allclose(unet(sample, timesteps, encoder_hidden_states=tokens).sample, output)
+        unet.token_readout_bias.sub_(1.0)
+    unet.save_pretrained(tmp_path)
+    reloaded = SkipDropoutUNet.from_pretrained(tmp_path).eval()
+    assert reloaded.config.broadcast_tokens == 4 and reloaded.conv_in.in_channels == 9
+    with torch.no_grad():
+        assert torch.equal(reloaded(sample, timesteps, encoder_hidden_states=tokens).sample, output)
+
+
+def test_broadcast_tokens_refuses_another_number_of_tokens():
+    unet = tiny_unet(broadcast_tokens=4).eval()
+    sample, timesteps, tokens = unet_inputs()
+    with pytest.raises(ValueError, match=r"broadcasts 4 tokens.*\(3, 3, 8\)"):
+        unet(sample, timesteps, encoder_hidden_states=tokens[:, :3])
+    with pytest.raises(ValueError, match="broadcast_tokens must be >= 0"):
+        tiny_unet(broadcast_tokens=-1)

@@ -374,6 +374,19 @@ def test_preset_heads_follow_attention_head_channels_and_encoder_has_its_own_lea
     assert unet.config.coordinate_input and unet.conv_in.in_channels == 5
 
 
+def test_broadcast_tokens_gives_the_unet_every_unit_at_every_pixel_and_trains(tmp_path, cache_dir):
+    args = train.parse_args(tiny_args(tmp_path, cache_dir, "--broadcast_tokens"))
+    assert not train.parse_args(tiny_args(tmp_path, cache_dir)).broadcast_tokens
+    args.vae_scale = 1
+    encoder, unet, anchorer, noise_scheduler = train.build_models(args, in_channels=3, latent_channels=3)
+    assert unet.config.broadcast_tokens == args.num_units
+    assert unet.conv_in.in_channels == 3 + 2 + args.num_units
+    pixels = torch.rand(4, 3, args.resolution, args.resolution) * 2 - 1
+    train.training_loss(args, encoder, unet, anchorer, noise_scheduler, pixels).loss.backward()
+    assert unet.token_readout_weight.grad.abs().sum() > 0
+    assert all(parameter.grad is not None for parameter in encoder.parameters() if parameter.requires_grad)
+
+
 def test_attention_resolutions_choose_the_unet_levels_with_cross_attention(tmp_path, cache_dir, capsys):
     args = train.parse_args(tiny_args(tmp_path, cache_dir, "--attention_resolutions", "16", "8", "4"))
     args.vae_scale = 1

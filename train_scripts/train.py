@@ -117,6 +117,7 @@ PRESETS = {
         "token_dropout": 0.0,
         "guidance_scale": 1.0,
         "coordinate_input": True,
+        "broadcast_tokens": False,
         "skip_dropout_resolutions": None,
         "use_ema": False,
         "ema_decay": 0.999,
@@ -176,6 +177,7 @@ PRESETS = {
         "token_dropout": 0.0,
         "guidance_scale": 1.0,
         "coordinate_input": False,
+        "broadcast_tokens": False,
         "skip_dropout_resolutions": [16, 8],
         "use_ema": True,
         "ema_decay": 0.9999,
@@ -263,6 +265,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Give the U-Net each pixel's coordinates as two extra input channels (--no-coordinate_input: off).",
+    )
+    model.add_argument(
+        "--broadcast_tokens",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Also give the U-Net one scalar read out of each token at every pixel, as extra input channels beside the "
+        "coordinates (a spatial broadcast path; ours, off in every preset).",
     )
     model.add_argument(
         "--encoder_coordinate_input",
@@ -605,6 +614,7 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         skip_dropout=args.skip_dropout,
         skip_dropout_resolutions=args.skip_dropout_resolutions,
         coordinate_input=args.coordinate_input,
+        broadcast_tokens=args.num_units if args.broadcast_tokens else 0,
     )
     anchorer = DyGAAnchorer(
         num_units=args.num_units,
@@ -754,7 +764,7 @@ RESUME_SETTINGS = (
     "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_dependence_weight", "unit_posterior", "unit_kl_weight",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
-    "resnet_time_scale_shift", "coordinate_input", "skip_dropout",
+    "resnet_time_scale_shift", "coordinate_input", "broadcast_tokens", "skip_dropout",
     "skip_dropout_resolutions", "token_dropout", "dyga", "dyga_every", "dyga_samples", "dyga_structure",
     "dyga_covariance_type", "dyga_max_iterations", "dyga_fit_space",
     "dyga_selection_criterion", "dyga_init_components", "dyga_max_components", "dyga_lambda_mode", "dyga_lambda",
