@@ -1,4 +1,4 @@
-"""The paper's ablation with paired seeds: baseline, +Skip Dropout, +DyGA, +SD+DyGA, and two checks of our additions.
+"""The paper's ablation with paired seeds: baseline, +Skip Dropout, +DyGA, +SD+DyGA, and checks of our additions.
 
     pip install -e ".[train,benchmarks]"
     python benchmarks/ablation.py --grid shapes --seeds 0 1 2 3             # train what is missing, then report
@@ -63,6 +63,7 @@ VARIANTS = {
     "baseline, ours off": Variant(("--skip_dropout", "0", "--no-dyga", *OURS_OFF), None, "baseline-ours-off"),
     "+SD+DyGA, ours off": Variant(tuple(OURS_OFF), "baseline, ours off", "sd-dyga-ours-off"),
     "+SD+official DyGA": Variant(tuple(OFFICIAL_DYGA), "+SD+DyGA", "sd-official-dyga"),
+    "+SD+DyGA, broadcast tokens": Variant(("--broadcast_tokens",), "+SD+DyGA", "sd-dyga-broadcast"),
 }
 METRICS = {
     "factor_vae/eval_accuracy": "FactorVAE",
