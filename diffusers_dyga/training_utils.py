@@ -4,20 +4,27 @@ import torch
 import torch.nn.functional as F
 
 
-def unit_kurtosis(units: torch.Tensor) -> torch.Tensor:
+def unit_kurtosis(units: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     """Mean kurtosis of the units over a batch: `(batch, num_units)` -> scalar.
 
-    Each unit is standardised over the batch, and the fourth moment is averaged over batch and units. A Gaussian unit
-    scores 3, a unit taking 3 equally likely values 1.5, two such values 1. A unit that mixes several independent
-    factors tends toward the Gaussian (central limit theorem), so minimising this term, as in kurtosis-based ICA,
-    rotates whitened units toward single factors with few values. It assumes such sub-Gaussian factors; it would push
-    a unit away from a factor with a heavy-tailed distribution.
+    Each unit is standardised over the batch, and its fourth moment taken over the batch. A Gaussian unit scores 3, a
+    unit taking 3 equally likely values 1.5, two such values 1. A unit that mixes several independent factors tends
+    toward the Gaussian (central limit theorem), so minimising this term, as in kurtosis-based ICA, rotates whitened
+    units toward single factors with few values. It assumes such sub-Gaussian factors; it would push a unit away from
+    a factor with a heavy-tailed distribution.
+
+    With `floor` above 0, each unit counts only by how far its kurtosis exceeds the floor (`max(kurtosis - floor, 0)`,
+    averaged over units): a floor of 1.8, a uniform factor's kurtosis, still charges mixtures (two uniform factors
+    mixed at 45° score 2.4) but no longer rewards splitting a many-valued factor into two-valued bits (1.0).
     """
     if units.ndim != 2 or units.shape[0] < 2:
         raise ValueError(f"unit_kurtosis expects units of shape (batch >= 2, num_units), got {tuple(units.shape)}.")
+    if floor < 0:
+        raise ValueError(f"unit_kurtosis floor must be non-negative, got {floor}.")
     units = units.float()
     standardised = (units - units.mean(dim=0)) / units.std(dim=0).clamp_min(1e-6)
-    return standardised.pow(4).mean()
+    kurtosis = standardised.pow(4).mean(dim=0)
+    return (kurtosis - floor).clamp_min(0.0).mean()
 
 
 def unit_dependence(units: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor:

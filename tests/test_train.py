@@ -249,6 +249,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeyp
         ("--timestep_bias_power", "0", "--timestep_bias_power must be positive"),
         ("--unit_noise", "-0.1", "--unit_noise must be non-negative"),
         ("--unit_kurtosis_weight", "-0.1", "--unit_kurtosis_weight must be non-negative"),
+        ("--unit_kurtosis_floor", "-1", "--unit_kurtosis_floor must be non-negative"),
         ("--unit_dependence_weight", "-0.1", "--unit_dependence_weight must be non-negative"),
         ("--token_dropout", "1", "--token_dropout must be in [0, 1)"),
         ("--guidance_scale", "0.5", "--guidance_scale must be at least 1"),

@@ -41,6 +41,27 @@ def test_minimising_unit_kurtosis_rotates_mixed_units_back_onto_the_factors():
     assert correlation.max(dim=1).values.min() > 0.999, correlation
 
 
+def test_unit_kurtosis_floor_charges_mixtures_without_rewarding_bits():
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, 8, (20000, 2), generator=generator).float() - 3.5
+    bits = torch.stack([(positions[:, 0] > 0).float(), (positions[:, 0] + 3.5) % 2], dim=1)
+    assert unit_kurtosis(bits).item() < unit_kurtosis(positions).item() - 0.7
+    assert unit_kurtosis(bits, floor=1.8).item() == unit_kurtosis(positions, floor=1.8).item() == 0.0
+    mixed = positions @ rotation(torch.tensor(0.6)).T
+    assert unit_kurtosis(mixed, floor=1.8).item() > 0.4
+    angle = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam([angle], lr=0.02)
+    for _ in range(300):
+        optimizer.zero_grad()
+        unit_kurtosis(mixed @ rotation(angle).T, floor=1.8).backward()
+        optimizer.step()
+    unmixed = mixed @ rotation(angle.detach()).T
+    correlation = torch.corrcoef(torch.cat([unmixed, positions], dim=1).T)[:2, 2:].abs()
+    assert correlation.max(dim=1).values.min() > 0.99, correlation
+    with pytest.raises(ValueError, match="floor must be non-negative, got -1.0"):
+        unit_kurtosis(positions, floor=-1.0)
+
+
 def test_unit_kurtosis_rejects_single_rows_and_wrong_shapes():
     with pytest.raises(ValueError, match=r"units of shape \(batch >= 2, num_units\), got \(1, 4\)"):
         unit_kurtosis(torch.randn(1, 4))

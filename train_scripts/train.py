@@ -88,6 +88,7 @@ PRESETS = {
         "unit_noise": 0.3,
         "unit_whitening": True,
         "unit_kurtosis_weight": 0.03,
+        "unit_kurtosis_floor": 0.0,
         "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
@@ -148,6 +149,7 @@ PRESETS = {
         "unit_noise": 0.0,
         "unit_whitening": False,
         "unit_kurtosis_weight": 0.0,
+        "unit_kurtosis_floor": 0.0,
         "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
@@ -217,6 +219,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="Weight of the units' kurtosis in the loss: turns whitened units toward single factors (0: off).",
+    )
+    model.add_argument(
+        "--unit_kurtosis_floor",
+        type=float,
+        default=None,
+        help="Count each unit's kurtosis only above this value (1.8: a uniform factor's), so that the term charges "
+        "mixtures of factors without rewarding a many-valued factor split into two-valued bits (0: plain kurtosis).",
     )
     model.add_argument(
         "--unit_dependence_weight",
@@ -456,6 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--unit_posterior gaussian replaces unit noise and whitening: add --unit_noise 0 --no-unit_whitening.")
     if args.unit_kurtosis_weight < 0:
         parser.error(f"--unit_kurtosis_weight must be non-negative, got {args.unit_kurtosis_weight}.")
+    if args.unit_kurtosis_floor < 0:
+        parser.error(f"--unit_kurtosis_floor must be non-negative, got {args.unit_kurtosis_floor}.")
     if args.unit_kurtosis_weight > 0 and args.train_batch_size < 2:
         parser.error("--unit_kurtosis_weight needs --train_batch_size of at least 2 (the kurtosis is taken over the batch).")
     if args.unit_dependence_weight < 0:
@@ -708,7 +719,7 @@ def training_loss(
     denoising = pixel_losses.mean()
     step_loss = StepLoss(loss=denoising, denoising=denoising)
     if args.unit_kurtosis_weight > 0:
-        step_loss.kurtosis = unit_kurtosis(encoder_output.units)
+        step_loss.kurtosis = unit_kurtosis(encoder_output.units, floor=args.unit_kurtosis_floor)
         step_loss.loss = step_loss.loss + args.unit_kurtosis_weight * step_loss.kurtosis
     if args.unit_dependence_weight > 0:
         step_loss.dependence = unit_dependence(encoder_output.units)
@@ -761,7 +772,8 @@ RESUME_SETTINGS = (
     "resolution", "vae", "num_units", "unit_dim", "encoder_channels", "encoder_hidden_dim", "token_hidden_dim",
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "encoder_coordinate_input",
-    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_dependence_weight", "unit_posterior", "unit_kl_weight",
+    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_kurtosis_floor", "unit_dependence_weight",
+    "unit_posterior", "unit_kl_weight",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "broadcast_tokens", "skip_dropout",
@@ -1009,6 +1021,8 @@ def unit_summary(args) -> str:
         parts.append("the units are whitened (no two carry the same signal)")
     if args.unit_kurtosis_weight > 0:
         parts.append(f"their kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
+        if args.unit_kurtosis_floor > 0:
+            parts[-1] += f", counting only what lies above {args.unit_kurtosis_floor}"
     if args.unit_dependence_weight > 0:
         parts.append(
             f"their mean pairwise dependence (kernel HSIC) is added to the loss with weight {args.unit_dependence_weight}"
