@@ -64,6 +64,10 @@ VARIANTS = {
     "+SD+DyGA, ours off": Variant(tuple(OURS_OFF), "baseline, ours off", "sd-dyga-ours-off"),
     "+SD+official DyGA": Variant(tuple(OFFICIAL_DYGA), "+SD+DyGA", "sd-official-dyga"),
     "+SD+DyGA, broadcast tokens": Variant(("--broadcast_tokens",), "+SD+DyGA", "sd-dyga-broadcast"),
+    "+SD+DyGA, kurtosis floor": Variant(("--unit_kurtosis_floor", "1.8"), "+SD+DyGA", "sd-dyga-kurtosis-floor"),
+    "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
+        ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"), "+SD+DyGA, broadcast tokens", "sd-dyga-broadcast-kurtosis-floor"
+    ),
 }
 METRICS = {
     "factor_vae/eval_accuracy": "FactorVAE",
