@@ -66,7 +66,9 @@ VARIANTS = {
     "+SD+DyGA, broadcast tokens": Variant(("--broadcast_tokens",), "+SD+DyGA", "sd-dyga-broadcast"),
     "+SD+DyGA, kurtosis floor": Variant(("--unit_kurtosis_floor", "1.8"), "+SD+DyGA", "sd-dyga-kurtosis-floor"),
     "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
-        ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"), "+SD+DyGA, broadcast tokens", "sd-dyga-broadcast-kurtosis-floor"
+        ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"),
+        "+SD+DyGA, broadcast tokens",
+        "sd-dyga-broadcast-kurtosis-floor",
     ),
 }
 METRICS = {

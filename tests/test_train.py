@@ -294,6 +294,9 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeyp
     with pytest.raises(SystemExit):
         train.parse_args(tiny_args(tmp_path, cache_dir, "--no-unit_whitening", "--train_batch_size", "1"))
     assert "--unit_kurtosis_weight needs --train_batch_size of at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path, cache_dir, "--unit_kurtosis_weight", "0", "--unit_kurtosis_floor", "1.8"))
+    assert "--unit_kurtosis_floor only acts on the kurtosis term" in capsys.readouterr().err
 
     from diffusers import AutoencoderKL
 

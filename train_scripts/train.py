@@ -467,6 +467,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--unit_kurtosis_weight must be non-negative, got {args.unit_kurtosis_weight}.")
     if args.unit_kurtosis_floor < 0:
         parser.error(f"--unit_kurtosis_floor must be non-negative, got {args.unit_kurtosis_floor}.")
+    if args.unit_kurtosis_floor > 0 and args.unit_kurtosis_weight == 0:
+        parser.error("--unit_kurtosis_floor only acts on the kurtosis term: set --unit_kurtosis_weight above 0 as well.")
     if args.unit_kurtosis_weight > 0 and args.train_batch_size < 2:
         parser.error("--unit_kurtosis_weight needs --train_batch_size of at least 2 (the kurtosis is taken over the batch).")
     if args.unit_dependence_weight < 0:
