@@ -65,6 +65,7 @@ VARIANTS = {
     "+SD+official DyGA": Variant(tuple(OFFICIAL_DYGA), "+SD+DyGA", "sd-official-dyga"),
     "+SD+DyGA, broadcast tokens": Variant(("--broadcast_tokens",), "+SD+DyGA", "sd-dyga-broadcast"),
     "+SD+DyGA, kurtosis floor": Variant(("--unit_kurtosis_floor", "1.8"), "+SD+DyGA", "sd-dyga-kurtosis-floor"),
+    "+SD+DyGA, unit noise 0.1": Variant(("--unit_noise", "0.1"), "+SD+DyGA", "sd-dyga-unit-noise0.1"),
     "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
         ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"),
         "+SD+DyGA, broadcast tokens",
