@@ -3,9 +3,13 @@
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+
+from scipy.sparse.csgraph import connected_components
+from sklearn.metrics import normalized_mutual_info_score
 
 from .loading import StrictLoadingMixin
 
@@ -590,6 +594,47 @@ class DyGAAnchorer(StrictLoadingMixin, ModelMixin, ConfigMixin):
         projected = torch.bmm(points, self.principal_axis[..., None])
         line = MixtureState(self.principal_means[..., None], self.principal_variances[..., None], self.weights, self.active)
         return self._log_prob(projected, line).argmax(dim=2).T
+
+    @torch.no_grad()
+    def anchor_dependence(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(num_samples, num_units, unit_dim)` tokens -> `(num_units, num_units)` normalised mutual information of the
+        units' anchor assignments over the samples (1 on the diagonal of a unit that takes two anchors or more).
+
+        Units holding independent attributes take their anchors independently (near 0). A unit whose assignments
+        are constant over the samples informs about nothing and depends on no other unit (0, and 0 on its diagonal).
+        """
+        assignments = self.assign(tokens).cpu().numpy()
+        num_units = assignments.shape[1]
+        varied = [len(np.unique(assignments[:, unit])) > 1 for unit in range(num_units)]
+        dependence = torch.zeros(num_units, num_units)
+        for first in range(num_units):
+            for second in range(first, num_units):
+                if varied[first] and varied[second]:
+                    score = normalized_mutual_info_score(assignments[:, first], assignments[:, second])
+                    dependence[first, second] = dependence[second, first] = score
+        return dependence
+
+    @torch.no_grad()
+    def unit_groups(self, tokens: torch.Tensor, threshold: float = 0.25) -> list[list[int]]:
+        """Units that hold one attribute together, found from the anchors alone (no labels; ours, not the paper's).
+
+        A unit-variance, decorrelated code often spreads one attribute over two units (three hues at the corners of
+        a triangle in two units): taken alone, either unit moves the attribute to a value neither image has. Such
+        units take their anchors dependently. Two units are linked when the normalised mutual information of their
+        anchor assignments over `tokens` `(num_samples, num_units, unit_dim)` (a few hundred images' worth) is at
+        least `threshold`; a group is a connected set of links. Returns every unit in exactly one group, groups
+        ordered by their first unit; swapping a whole group is the edit that moves its attribute.
+        """
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}.")
+        if tokens.shape[0] < 2:
+            raise ValueError(f"unit_groups needs at least 2 samples, got {tokens.shape[0]}.")
+        linked = (self.anchor_dependence(tokens) >= threshold).numpy()
+        _, labels = connected_components(linked, directed=False)
+        groups: dict[int, list[int]] = {}
+        for unit, label in enumerate(labels):
+            groups.setdefault(int(label), []).append(unit)
+        return sorted(groups.values())
 
     @torch.no_grad()
     def anchors(self, tokens: torch.Tensor) -> torch.Tensor:

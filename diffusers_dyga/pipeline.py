@@ -318,6 +318,19 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         swapped[:, indices] = donor_units.expand_as(units)[:, indices].to(units.dtype)
         return swapped
 
+    @torch.no_grad()
+    def unit_groups(self, images: ImageInput, threshold: float = 0.25) -> list[list[int]]:
+        """The units that hold one attribute together, read from the fitted anchorer on `images` (a few hundred
+        images of the training data): see [`DyGAAnchorer.unit_groups`]. Pass a group to `swap_units` or as an entry
+        of `interchange_grid`'s `unit_indices` to edit its attribute."""
+        if self.anchorer is None or not self.anchorer.is_fitted:
+            raise ValueError(
+                f"Unit groups are read from the anchorer, which this pipeline {'lacks' if self.anchorer is None else 'has not fitted'}."
+            )
+        units = self.encode(images)
+        tokens = self.encoder.embed(units)
+        return self.anchorer.unit_groups(tokens.float(), threshold=threshold)
+
     @staticmethod
     def traverse_units(units: torch.Tensor, unit_index: int, values: torch.Tensor | list[float]) -> torch.Tensor:
         """Sweeps one unit: units `(batch, num_units)` and `num_values` values -> `(batch * num_values, num_units)`,
@@ -456,14 +469,15 @@ class DisentangledDiffusionPipeline(DiffusionPipeline):
         self,
         images: ImageInput,
         donor_images: ImageInput | None = None,
-        unit_indices: list[int] | None = None,
+        unit_indices: list[int | list[int]] | None = None,
         num_inference_steps: int = 50,
         generator: torch.Generator | None = None,
     ) -> PIL.Image.Image:
         """
         A latent-interchange grid. Rows: source images. Columns: the source, its donor, the source's
-        reconstruction, then one column per unit in `unit_indices` (default: all) with that unit swapped in from the
-        donor. Donors default to the next source (cyclically).
+        reconstruction, then one column per entry of `unit_indices` (default: every unit) with that unit, or that
+        list of units (a group from [`~DisentangledDiffusionPipeline.unit_groups`]), swapped in from the donor.
+        Donors default to the next source (cyclically).
         """
         source_units = self.encode(images)
         donor_units = source_units.roll(-1, dims=0) if donor_images is None else self.encode(donor_images)

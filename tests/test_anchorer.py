@@ -45,6 +45,29 @@ def test_principal_fit_counts_the_values_of_each_unit():
             torch.testing.assert_close(anchors[labels[:, unit] == value, unit], members.mean(0).expand_as(members), atol=0.05, rtol=0)
 
 
+def test_unit_groups_join_the_units_that_code_one_factor_together():
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    num_samples = 1500
+    hue, other, bit = (torch.randint(count, (num_samples,), generator=generator) for count in (3, 3, 2))
+    angle = hue * 2 * torch.pi / 3
+    # A three-valued factor at the corners of a triangle in units 0 and 1, two independent factors, and a unit of noise.
+    units = torch.stack([angle.cos(), angle.sin(), other - 1.0, bit * 2.0 - 1.0, torch.zeros(num_samples)], 1) * 1.5
+    units = units + 0.05 * torch.randn(num_samples, 5, generator=generator)
+    encoder = DisentangledEncoder(num_units=5, unit_dim=16)
+    with torch.no_grad():
+        tokens = encoder.embed(units)
+    anchorer = DyGAAnchorer(num_units=5, unit_dim=16, max_components=10, fit_space="principal", selection_criterion="icl")
+    anchorer.fit(tokens)
+    dependence = anchorer.anchor_dependence(tokens)
+    assert dependence[0, 1] > 0.6
+    assert dependence[torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)].sort().values[-2] < 0.05
+    assert anchorer.unit_groups(tokens) == [[0, 1], [2], [3], [4]]
+    assert anchorer.unit_groups(tokens, threshold=1.0) == [[0], [1], [2], [3], [4]]
+    with pytest.raises(ValueError, match="threshold"):
+        anchorer.unit_groups(tokens, threshold=0.0)
+
+
 def test_token_space_fit_splits_a_token_curve_the_principal_fit_does_not():
     tokens, _ = clustered_unit_tokens((1, 2, 3), spread=0.15)
     curve = DyGAAnchorer(num_units=3, unit_dim=32, max_components=10).fit(tokens)

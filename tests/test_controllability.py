@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusers_dyga import DisentangledEncoder, DyGAAnchorer
 from diffusers_dyga.data import factor_row_index, factors_array, load_builtin
 from diffusers_dyga.evaluation import (
     controllability,
@@ -39,6 +40,7 @@ class LookupRenderer:
     renderer that ignores unit `ignored` always renders value 0 of that factor."""
 
     device = torch.device("cpu")
+    anchorer = None
 
     def __init__(self, dataset, ignored: int | None = None):
         self.images = (dataset_images(dataset) + 1) / 2
@@ -131,6 +133,41 @@ def test_a_factor_held_by_two_units_fails_the_unit_swap_but_not_the_factor_swap(
     assert report["factors"][0] == {
         "factor": "floor_hue", "units": [0, 1], "swap_accuracy": 1.0, "swap_target_accuracy": 1.0, "swap_others_kept": 1.0
     }  # fmt: skip
+
+
+def test_the_anchorer_groups_a_factor_held_by_two_units_and_the_group_swap_succeeds(hues, classifier):
+    factors = factors_array(hues)
+    corners = np.stack([np.cos(np.arange(3) * 2 * np.pi / 3), np.sin(np.arange(3) * 2 * np.pi / 3)], 1)
+    # The floor hue at the corners of a triangle in units 0 and 1: one unit alone can land on the third corner.
+    codes = np.concatenate([corners[factors[:, 0]], factors[:, 1:2]], 1).astype(np.float64)
+
+    class TriangleRenderer(LookupRenderer):
+        def __init__(self, dataset):
+            super().__init__(dataset)
+            torch.manual_seed(0)
+            self.encoder = DisentangledEncoder(num_units=3, unit_dim=8)
+            anchorer = DyGAAnchorer(num_units=3, unit_dim=8, max_components=6, fit_space="principal", selection_criterion="icl")
+            noisy = torch.from_numpy(np.tile(codes, (40, 1))).float() + 0.02 * torch.randn(40 * len(codes), 3)
+            with torch.no_grad():
+                self.anchorer = anchorer.fit(self.encoder.embed(noisy))
+
+        def __call__(self, units, **kwargs):
+            distances = torch.cdist(units[:, :2].double(), torch.from_numpy(corners))
+            joined = torch.cat([distances.argmin(1, keepdim=True).double(), units[:, 2:], torch.zeros(len(units), 4)], 1)
+            return super().__call__(joined, **kwargs)
+
+    report = controllability(TriangleRenderer(hues), hues, classifier, codes=codes, num_sources=9, num_traversal_sources=9)
+    assert report["mean_swap_accuracy"] < 1.0
+    assert [(g["units"], g["factor"], g["swap_accuracy"]) for g in report["groups"]] == [
+        ([0, 1], "floor_hue", 1.0), ([2], "wall_hue", 1.0)
+    ]  # fmt: skip
+    assert report["mean_group_swap_accuracy"] == 1.0
+    assert report["settings"]["group_threshold"] == 0.25
+
+
+def test_without_an_anchorer_there_are_no_groups(hues, classifier):
+    report = controllability(LookupRenderer(hues), hues, classifier, codes=factors_array(hues).astype(np.float64), num_sources=9)
+    assert report["groups"] == [] and report["mean_group_swap_accuracy"] is None
 
 
 def test_a_renderer_that_ignores_a_unit_fails_its_swap_and_traversal(hues, classifier):

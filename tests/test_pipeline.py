@@ -183,6 +183,35 @@ def test_interchange_grid(pipeline):
     assert full.size == ((2 + 1 + NUM_UNITS) * SIZE, 2 * SIZE)
 
 
+def test_a_group_column_swaps_its_units_together(pipeline):
+    images, donors = random_images(2), random_images(2, seed=5)
+    generator = torch.Generator().manual_seed(0)
+    grid = pipeline.interchange_grid(images, donor_images=donors, unit_indices=[[0, 1]], num_inference_steps=2, generator=generator)
+    assert grid.size == ((2 + 1 + 1) * SIZE, 2 * SIZE)
+    swapped = pipeline.swap_units(pipeline.encode(images), pipeline.encode(donors), [0, 1])
+    renders = pipeline(
+        units=torch.stack([pipeline.encode(images), swapped], 1).flatten(0, 1),
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    cell = np.asarray(grid)[:SIZE, 3 * SIZE :]
+    np.testing.assert_array_equal(cell, np.asarray(renders[1]))
+
+
+def test_unit_groups_partition_the_units_and_need_a_fitted_anchorer(pipeline):
+    groups = pipeline.unit_groups(random_images(64))
+    assert sorted(unit for group in groups for unit in group) == list(range(NUM_UNITS))
+    unfitted = DisentangledDiffusionPipeline(
+        encoder=pipeline.encoder, unet=pipeline.unet, scheduler=pipeline.scheduler,
+        anchorer=DyGAAnchorer(num_units=NUM_UNITS, unit_dim=UNIT_DIM),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="has not fitted"):
+        unfitted.unit_groups(random_images(4))
+    without = DisentangledDiffusionPipeline(encoder=pipeline.encoder, unet=pipeline.unet, scheduler=pipeline.scheduler)
+    with pytest.raises(ValueError, match="lacks"):
+        without.unit_groups(random_images(4))
+
+
 def test_classifier_free_guidance_extrapolates_from_the_null_condition(pipeline):
     units = pipeline.encode(random_images(2))
 

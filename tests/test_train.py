@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 from accelerate.state import AcceleratorState
@@ -84,9 +85,18 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert set(control["reconstruction_accuracy"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
     assert control["settings"]["num_sources"] == 16 and "held_out_accuracy" in control["factor_classifier"]
     assert report["metrics"]["controllability"]["mean_swap_accuracy"] == control["mean_swap_accuracy"]
+    assert report["metrics"]["controllability"]["mean_group_swap_accuracy"] == control["mean_group_swap_accuracy"]
+    grouped = [unit for group in control["groups"] for unit in group["units"]]
+    assert len(grouped) == len(set(grouped))
 
     pipe = DisentangledDiffusionPipeline.from_pretrained(output)
     pipe.set_progress_bar_config(disable=True)
+    args = train.parse_args(tiny_args(output, cache_dir, *extra))
+    dataset = load_builtin("shapes", resolution=16, factor_sizes=(2, 2, 2, 1, 2, 1), cache_dir=cache_dir)
+    columns = train.interchange_columns(pipe, dataset, args, channels=3)
+    assert columns[:3] == [0, 1, 2] and all(len(group) > 1 for group in columns[3:])
+    with PIL.Image.open(output / "interchange_grid.png") as grid:
+        assert grid.size == (16 * (3 + len(columns)), 16 * 2)
     assert pipe.anchorer.is_fitted and pipe.unet.config.skip_dropout == 0.2 and pipe.config.guidance_scale == 2.0
     assert pipe.anchorer.config.fit_space == "principal" and pipe.anchorer.config.selection_criterion == "icl"
     images = pipe(num_images=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
@@ -449,6 +459,23 @@ def test_dyga_refits_fit_the_encoded_or_the_anchored_tokens(tmp_path, cache_dir,
     torch.testing.assert_close(rows[order(rows)], expected[order(expected)], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(anchorer.align(encoded), encoded)
     assert train.PRESETS["paper"]["dyga_fit_on"] == "anchored" and train.PRESETS["tiny"]["dyga_fit_on"] == "encoded"
+
+
+def test_model_card_shows_the_group_swaps_when_the_anchorer_found_groups():
+    swap = {"swap_accuracy": 0.9, "swap_target_accuracy": 0.95, "swap_others_kept": 0.92}
+    details = {
+        "settings": {"num_sources": 32, "num_inference_steps": 25, "unit_share_threshold": 0.5},
+        "factor_classifier": {"held_out_accuracy": {"floor_hue": 1.0}},
+        "reconstruction_psnr": 22.0,
+        "reconstruction_accuracy": {"floor_hue": 1.0},
+        "units": [{"unit": 0, "factor": "floor_hue", "share": 0.99, "traversal_accuracy": 0.6, **swap}],
+        "mean_swap_accuracy": 0.9, "mean_traversal_accuracy": 0.6,
+        "factors": [{"factor": "floor_hue", "units": [0, 1], **swap}], "mean_factor_swap_accuracy": 0.9,
+        "groups": [{"units": [0, 1], "factor": "floor_hue", **swap}], "mean_group_swap_accuracy": 0.9,
+    }  # fmt: skip
+    section = train.controllability_section({"controllability_details": details})
+    assert "| 0, 1 | floor_hue | 0.90 | 0.95 | 0.92 |" in section and "Mean group swap accuracy 0.90." in section
+    assert "Group swap" not in train.controllability_section({"controllability_details": {**details, "groups": []}})
 
 
 def test_model_card_names_an_approximate_dci():

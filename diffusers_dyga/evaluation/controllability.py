@@ -13,7 +13,10 @@ the renders with a [`FactorClassifier`] trained on the dataset's own images, ind
 - traversal: the unit set, in turn, to its mean over the rows holding each value of its factor; a render succeeds
   when the classifier reads that value;
 - factor swap: for each factor that some units hold, all of them taken from the donor at once. A factor spread over
-  two units fails the per-unit swap even when the decoder renders the factor well; this separates the two.
+  two units fails the per-unit swap even when the decoder renders the factor well; this separates the two;
+- group swap: the edit a user without labels makes. The anchorer's unit groups (units whose anchor assignments depend
+  on each other, [`DyGAAnchorer.unit_groups`]) are found without the factors; each group that holds a factor (the
+  factor most of its holding units hold) is taken from donors whose value of that factor differs, scored as a swap.
 """
 
 import numpy as np
@@ -56,6 +59,7 @@ def controllability(
     num_traversal_sources: int = 8,
     num_inference_steps: int = 25,
     unit_share_threshold: float = 0.5,
+    group_threshold: float = 0.25,
     batch_size: int = 128,
     seed: int = 0,
 ) -> dict:
@@ -73,6 +77,7 @@ def controllability(
         num_inference_steps: sampling steps of every render.
         unit_share_threshold: a unit holds its dominant factor when that factor explains at least this share of
             its variance.
+        group_threshold: the anchor dependence that links two units into a group (see `DyGAAnchorer.unit_groups`).
         seed: draws the sources and donors and seeds every render's noise (the same noise for every edit of a
             source).
 
@@ -80,8 +85,10 @@ def controllability(
         `{"reconstruction_accuracy": {factor: acc}, "reconstruction_psnr": dB, "units": [{"unit", "factor",
         "share", "swap_accuracy", "swap_target_accuracy", "swap_others_kept", "traversal_accuracy"}, ...],
         "factors": [{"factor", "units", "swap_accuracy", "swap_target_accuracy", "swap_others_kept"}, ...],
-        "mean_swap_accuracy", "mean_traversal_accuracy", "mean_factor_swap_accuracy", "num_units_holding_a_factor",
-        "settings"}`; the means are over the units (factors) that hold (are held by) a factor (unit), 0 when none.
+        "groups": [{"units", "factor", "swap_accuracy", ...}, ...], "mean_swap_accuracy", "mean_traversal_accuracy",
+        "mean_factor_swap_accuracy", "mean_group_swap_accuracy", "num_units_holding_a_factor", "settings"}`; the means
+        are over the units (factors, groups) that hold (are held by, hold) a factor, 0 when none. Without a fitted
+        anchorer there are no groups: `"groups"` is empty and `"mean_group_swap_accuracy"` is `None`.
     """
     names, sizes, factors = factor_names(dataset), factor_sizes(dataset), factors_array(dataset)
     if tuple(classifier.config.factor_sizes) != tuple(sizes):
@@ -158,6 +165,21 @@ def controllability(
         factor_units = [unit for unit, held_factor in holders.items() if held_factor == factor]
         factor_reports.append({"factor": names[factor], "units": factor_units, **swap(factor_units, factor)})
 
+    group_reports = []
+    if pipeline.anchorer is not None and pipeline.anchorer.is_fitted:
+        tokens = pipeline.encoder.embed(units.to(device=pipeline.device, dtype=pipeline.encoder.dtype)).float()
+        for group in pipeline.anchorer.unit_groups(tokens, threshold=group_threshold):
+            held_by_group = [holders[unit] for unit in group if unit in holders]
+            if not held_by_group:
+                continue
+            factor = max(set(held_by_group), key=lambda j: (held_by_group.count(j), shares[group, j].max()))
+            if len(group) == 1:
+                unit_report = next(entry for entry in unit_reports if entry["unit"] == group[0])
+                outcome = {key: unit_report[key] for key in ("swap_accuracy", "swap_target_accuracy", "swap_others_kept")}
+            else:
+                outcome = swap(group, factor)
+            group_reports.append({"units": group, "factor": names[factor], **outcome})
+
     def mean_of(reports: list[dict], key: str) -> float:
         return float(np.mean([entry[key] for entry in reports])) if reports else 0.0
 
@@ -167,11 +189,14 @@ def controllability(
     report["mean_traversal_accuracy"] = mean_of(unit_reports, "traversal_accuracy")
     report["factors"] = factor_reports
     report["mean_factor_swap_accuracy"] = mean_of(factor_reports, "swap_accuracy")
+    report["groups"] = group_reports
+    report["mean_group_swap_accuracy"] = mean_of(group_reports, "swap_accuracy") if pipeline.anchorer is not None and pipeline.anchorer.is_fitted else None
     report["settings"] = {
         "num_sources": len(sources),
         "num_traversal_sources": len(walked),
         "num_inference_steps": num_inference_steps,
         "unit_share_threshold": unit_share_threshold,
+        "group_threshold": group_threshold,
         "seed": seed,
     }
     return report
