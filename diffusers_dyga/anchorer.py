@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import normalized_mutual_info_score
 

@@ -166,7 +166,8 @@ def controllability(
         factor_reports.append({"factor": names[factor], "units": factor_units, **swap(factor_units, factor)})
 
     group_reports = []
-    if pipeline.anchorer is not None and pipeline.anchorer.is_fitted:
+    anchored = pipeline.anchorer is not None and pipeline.anchorer.is_fitted
+    if anchored:
         tokens = pipeline.encoder.embed(units.to(device=pipeline.device, dtype=pipeline.encoder.dtype)).float()
         for group in pipeline.anchorer.unit_groups(tokens, threshold=group_threshold):
             held_by_group = [holders[unit] for unit in group if unit in holders]
@@ -190,7 +191,7 @@ def controllability(
     report["factors"] = factor_reports
     report["mean_factor_swap_accuracy"] = mean_of(factor_reports, "swap_accuracy")
     report["groups"] = group_reports
-    report["mean_group_swap_accuracy"] = mean_of(group_reports, "swap_accuracy") if pipeline.anchorer is not None and pipeline.anchorer.is_fitted else None
+    report["mean_group_swap_accuracy"] = mean_of(group_reports, "swap_accuracy") if anchored else None
     report["settings"] = {
         "num_sources": len(sources),
         "num_traversal_sources": len(walked),
