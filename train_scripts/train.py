@@ -923,8 +923,10 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
     return flatten_metrics({group: values for group, values in metrics.items() if group != "controllability_details"})
 
 
-def validation_sources(dataset: datasets.Dataset, args, channels: int) -> torch.Tensor:
-    rows = np.random.RandomState(args.seed).choice(len(dataset), size=min(args.num_validation_images, len(dataset)), replace=False)
+def validation_sources(dataset: datasets.Dataset, args, channels: int, num_images: int | None = None) -> torch.Tensor:
+    """`num_images` (default `--num_validation_images`) rows drawn under `--seed`, as `(B, channels, res, res)`."""
+    num_images = args.num_validation_images if num_images is None else num_images
+    rows = np.random.RandomState(args.seed).choice(len(dataset), size=min(num_images, len(dataset)), replace=False)
     return prepare_images(dataset.select(sorted(rows.tolist()))["image"], args.resolution, channels)
 
 
@@ -934,8 +936,7 @@ def interchange_columns(pipeline: DisentangledDiffusionPipeline, dataset: datase
     columns: list[int | list[int]] = list(range(pipeline.encoder.config.num_units))
     if pipeline.anchorer is None or not pipeline.anchorer.is_fitted:
         return columns
-    rows = np.random.RandomState(args.seed).choice(len(dataset), size=min(512, len(dataset)), replace=False)
-    images = prepare_images(dataset.select(sorted(rows.tolist()))["image"], args.resolution, channels)
+    images = validation_sources(dataset, args, channels, num_images=512)
     return columns + [group for group in pipeline.unit_groups(images) if len(group) > 1]
 
 
