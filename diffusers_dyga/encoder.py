@@ -138,6 +138,12 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
             whitening of the batch in training, of running statistics otherwise), so that no two units can carry the
             same signal. Training batches must then be larger than `num_units`.
         whitening_momentum (`float`, defaults to 0.1): update rate of the running mean and covariance.
+        unit_gates (`bool`, defaults to `False`): multiply each whitened unit by a learned gate in (0, 1)
+            ([`~DisentangledEncoder.gates`]), and make the training noise absolute (`unit_noise` standard deviations of
+            a whitened unit) instead of relative to each unit's spread, so that a gate sets how much its unit can carry
+            through the noise. Charged in the loss (the training script's `--unit_gate_weight`), a gate stays open only
+            where its unit pays for itself, and the units a factor does not need fall silent (ours). Needs
+            `unit_whitening` and `unit_noise > 0`.
         backbone_config (`dict`, *optional*): a `transformers` backbone config as a dict (`config.to_dict()`, e.g. of
             a `ResNetConfig` or `ConvNextConfig`); replaces the conv trunk. See [`~DisentangledEncoder.from_backbone`]
             to start from pretrained backbone weights.
@@ -163,6 +169,7 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         token_output_act: bool = False,
         coordinate_input: bool = False,
         unit_posterior: str = "deterministic",
+        unit_gates: bool = False,
     ):
         super().__init__()
         if unit_noise < 0:
@@ -173,6 +180,11 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 "unit_posterior='gaussian' replaces unit_noise and unit_whitening; set unit_noise=0 and "
                 "unit_whitening=False."
+            )
+        if unit_gates and not (unit_whitening and unit_noise > 0):
+            raise ValueError(
+                "unit_gates scales whitened units against absolute training noise: set unit_whitening=True and "
+                f"unit_noise > 0 (got unit_whitening={unit_whitening}, unit_noise={unit_noise})."
             )
         if norm_type not in ("none", "batch"):
             raise ValueError(f"norm_type must be 'none' or 'batch', got {norm_type!r}.")
@@ -197,6 +209,8 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         if unit_whitening:
             self.register_buffer("running_mean", torch.zeros(num_units))
             self.register_buffer("running_covariance", torch.eye(num_units))
+        if unit_gates:
+            self.unit_gate_logits = nn.Parameter(torch.full((num_units,), 4.0))
 
         self.token_act = get_activation(act_fn)
         self.token_in_weight = nn.Parameter(torch.randn(num_units, token_hidden_dims[0]))
@@ -250,10 +264,17 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         """`(batch, in_channels, H, W)` images in [-1, 1] -> `(batch, num_units)` units (posterior means)."""
         return self.units_from_features(self.features(images))
 
+    @property
+    def gates(self) -> torch.Tensor | None:
+        """`(num_units,)` gates in (0, 1) that scale the whitened units, or `None` without `unit_gates`."""
+        return torch.sigmoid(self.unit_gate_logits) if self.config.unit_gates else None
+
     def units_from_features(self, features: torch.Tensor) -> torch.Tensor:
         units = self.to_units(features)
         if self.config.unit_whitening:
             units = self.whiten(units)
+        if self.config.unit_gates:
+            units = units * self.gates.to(units.dtype)
         return units
 
     def whiten(self, units: torch.Tensor) -> torch.Tensor:
@@ -303,7 +324,7 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
             sampled = units + (0.5 * log_variance).exp() * torch.randn_like(units) if self.training else units
             tokens = self.embed(sampled)
         elif self.training and self.config.unit_noise > 0 and units.shape[0] > 1:
-            spread = units.detach().std(dim=0, keepdim=True)
+            spread = 1.0 if self.config.unit_gates else units.detach().std(dim=0, keepdim=True)
             tokens = self.embed(units + self.config.unit_noise * spread * torch.randn_like(units))
         else:
             tokens = self.embed(units)

@@ -71,6 +71,31 @@ def test_unit_whitening_decorrelates_training_batches_and_tracks_running_statist
     torch.testing.assert_close(one, units[:1].detach(), atol=1e-3, rtol=0)
 
 
+def test_unit_gates_scale_the_whitened_units_against_absolute_training_noise(tmp_path):
+    encoder = tiny_encoder(unit_whitening=True, unit_noise=0.3, unit_gates=True)
+    with torch.no_grad():
+        encoder.unit_gate_logits.copy_(torch.tensor([4.0, 0.0, -4.0, -8.0]))
+    images = random_images(16)
+    whitened = encoder.whiten(encoder.to_units(encoder.features(images)))
+    units = encoder.encode(images)
+    torch.testing.assert_close(units, whitened * encoder.gates)
+    torch.testing.assert_close(units.std(dim=0), encoder.gates, atol=1e-3, rtol=0)
+    torch.manual_seed(1)
+    noisy = encoder(images).tokens
+    torch.manual_seed(1)
+    expected = encoder.embed(units + 0.3 * torch.randn_like(units))
+    torch.testing.assert_close(noisy, expected)
+    units.sum().backward()
+    assert encoder.unit_gate_logits.grad is not None and encoder.unit_gate_logits.grad.abs().min() > 0
+    encoder.save_pretrained(tmp_path)
+    loaded = DisentangledEncoder.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.gates, encoder.gates, rtol=0, atol=0)
+    assert tiny_encoder().gates is None
+    for config in [{"unit_whitening": False, "unit_noise": 0.3}, {"unit_whitening": True, "unit_noise": 0.0}]:
+        with pytest.raises(ValueError, match="unit_gates scales whitened units against absolute training noise"):
+            tiny_encoder(unit_gates=True, **config)
+
+
 def test_unit_whitening_needs_batches_larger_than_the_unit_count():
     encoder = tiny_encoder(unit_whitening=True)
     with pytest.raises(ValueError, match=f"larger than num_units={NUM_UNITS}"):

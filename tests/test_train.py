@@ -261,6 +261,9 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeyp
         ("--unit_kurtosis_weight", "-0.1", "--unit_kurtosis_weight must be non-negative"),
         ("--unit_kurtosis_floor", "-1", "--unit_kurtosis_floor must be non-negative"),
         ("--unit_dependence_weight", "-0.1", "--unit_dependence_weight must be non-negative"),
+        ("--unit_gate_weight", "-0.1", "--unit_gate_weight must be non-negative"),
+        ("--unit_gate_weight", "0.1", "--unit_gate_weight charges the unit gates: add --unit_gates"),
+        ("--unit_gate_learning_rate", "0", "--unit_gate_learning_rate must be positive"),
         ("--token_dropout", "1", "--token_dropout must be in [0, 1)"),
         ("--guidance_scale", "0.5", "--guidance_scale must be at least 1"),
         ("--guidance_scale", "3", "--guidance_scale above 1 needs --token_dropout above 0"),
@@ -307,6 +310,9 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeyp
     with pytest.raises(SystemExit):
         train.parse_args(tiny_args(tmp_path, cache_dir, "--unit_kurtosis_weight", "0", "--unit_kurtosis_floor", "1.8"))
     assert "--unit_kurtosis_floor only acts on the kurtosis term" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path, cache_dir, "--unit_gates", "--unit_noise", "0"))
+    assert "--unit_gates scales whitened units against the training noise" in capsys.readouterr().err
 
     from diffusers import AutoencoderKL
 
@@ -399,6 +405,26 @@ def test_broadcast_tokens_gives_the_unet_every_unit_at_every_pixel_and_trains(tm
     train.training_loss(args, encoder, unet, anchorer, noise_scheduler, pixels).loss.backward()
     assert unet.token_readout_weight.grad.abs().sum() > 0
     assert all(parameter.grad is not None for parameter in encoder.parameters() if parameter.requires_grad)
+
+
+def test_charged_unit_gates_close_and_are_reported(tmp_path, cache_dir):
+    gates = {}
+    for weight in ("0", "1"):
+        output = tmp_path / f"gates-{weight}"
+        options = ["--unit_gates", "--unit_gate_weight", weight, "--unit_gate_learning_rate", "1.0", "--lr_warmup_steps", "0"]
+        args = train.parse_args(tiny_args(output, cache_dir, *options, "--control_num_sources", "0"))
+        encoder, unet, *_ = train.build_models(args, in_channels=3, latent_channels=3)
+        groups = train.build_optimizer(args, encoder, unet).param_groups
+        assert [group["params"] for group in groups[2:]] == [[encoder.unit_gate_logits]]
+        assert all(p is not encoder.unit_gate_logits for p in groups[0]["params"]) and groups[2]["lr"] == 1.0
+        train.main(args)
+        report = json.loads((output / "training_report.json").read_text())
+        gates[weight] = torch.tensor(report["unit_gates"])
+        loaded = DisentangledDiffusionPipeline.from_pretrained(output).encoder
+        torch.testing.assert_close(loaded.gates, gates[weight])
+    assert (gates["1"] < 0.5).all() and (gates["1"] < gates["0"]).all()
+    card = (tmp_path / "gates-1" / "README.md").read_text()
+    assert "each unit is scaled by a learned gate" in card and "mean gate is added to the loss with weight 1.0" in card
 
 
 def test_attention_resolutions_choose_the_unet_levels_with_cross_attention(tmp_path, cache_dir, capsys):

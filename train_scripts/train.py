@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DynamoBackend, ProjectConfiguration, broadcast, gather_object, set_seed
+from accelerate.utils import (
+    DynamoBackend,
+    ProjectConfiguration,
+    broadcast,
+    extract_model_from_parallel,
+    gather_object,
+    set_seed,
+)
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, VQModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -92,6 +99,9 @@ PRESETS = {
         "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
+        "unit_gates": False,
+        "unit_gate_weight": 0.0,
+        "unit_gate_learning_rate": 2e-2,
         "unet_channels": [32, 64, 64],
         "layers_per_block": 1,
         "max_attention_resolution": 16,
@@ -153,6 +163,9 @@ PRESETS = {
         "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
+        "unit_gates": False,
+        "unit_gate_weight": 0.0,
+        "unit_gate_learning_rate": 2e-2,
         "unet_channels": [64, 128, 256, 256],
         "layers_per_block": 2,
         "max_attention_resolution": 16,
@@ -245,6 +258,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="Weight of the units' KL divergence from N(0, 1) in the loss (needs --unit_posterior gaussian).",
+    )
+    model.add_argument(
+        "--unit_gates",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Scale each whitened unit by a learned gate against absolute training noise (ours; needs --unit_whitening "
+        "and --unit_noise above 0).",
+    )
+    model.add_argument(
+        "--unit_gate_weight",
+        type=float,
+        default=None,
+        help="Weight of the units' mean gate in the loss: a unit stays open only where it pays for itself (ours).",
+    )
+    model.add_argument(
+        "--unit_gate_learning_rate", type=float, default=None, help="Learning rate of the unit gates' logits."
     )
     model.add_argument(
         "--attention_resolutions",
@@ -463,6 +492,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--unit_kl_weight needs --unit_posterior gaussian (a deterministic unit has no posterior).")
     if args.unit_posterior == "gaussian" and (args.unit_whitening or args.unit_noise > 0):
         parser.error("--unit_posterior gaussian replaces unit noise and whitening: add --unit_noise 0 --no-unit_whitening.")
+    if args.unit_gates and not (args.unit_whitening and args.unit_noise > 0):
+        parser.error("--unit_gates scales whitened units against the training noise: add --unit_whitening and --unit_noise above 0.")
+    if args.unit_gate_weight < 0:
+        parser.error(f"--unit_gate_weight must be non-negative, got {args.unit_gate_weight}.")
+    if args.unit_gate_weight > 0 and not args.unit_gates:
+        parser.error("--unit_gate_weight charges the unit gates: add --unit_gates.")
+    if args.unit_gate_learning_rate <= 0:
+        parser.error(f"--unit_gate_learning_rate must be positive, got {args.unit_gate_learning_rate}.")
     if args.unit_kurtosis_weight < 0:
         parser.error(f"--unit_kurtosis_weight must be non-negative, got {args.unit_kurtosis_weight}.")
     if args.unit_kurtosis_floor < 0:
@@ -603,6 +640,7 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         token_output_act=args.token_output_act,
         coordinate_input=args.encoder_coordinate_input,
         unit_posterior=args.unit_posterior,
+        unit_gates=args.unit_gates,
     )
     size = args.resolution // args.vae_scale
     attention = [attends(args, size // 2**level) for level in range(len(args.unet_channels))]
@@ -654,12 +692,18 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
 
 
 def build_optimizer(args: argparse.Namespace, encoder: DisentangledEncoder, unet: SkipDropoutUNet) -> torch.optim.AdamW:
-    """AdamW over both models; the encoder trains at `--encoder_learning_rate` (default: `--learning_rate`)."""
+    """AdamW over both models; the encoder trains at `--encoder_learning_rate` (default: `--learning_rate`), its unit
+    gates at `--unit_gate_learning_rate` without weight decay."""
+    gate_logits = [encoder.unit_gate_logits] if encoder.config.unit_gates else []
+    encoder_parameters = [parameter for parameter in encoder.parameters() if all(parameter is not g for g in gate_logits)]
+    groups = [
+        {"params": encoder_parameters, "lr": args.encoder_learning_rate or args.learning_rate},
+        {"params": list(unet.parameters()), "lr": args.learning_rate},
+    ]
+    if gate_logits:
+        groups.append({"params": gate_logits, "lr": args.unit_gate_learning_rate, "weight_decay": 0.0})
     return torch.optim.AdamW(
-        [
-            {"params": list(encoder.parameters()), "lr": args.encoder_learning_rate or args.learning_rate},
-            {"params": list(unet.parameters()), "lr": args.learning_rate},
-        ],
+        groups,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
@@ -681,6 +725,7 @@ class StepLoss:
     kurtosis: torch.Tensor | None = None
     dependence: torch.Tensor | None = None
     unit_kl: torch.Tensor | None = None
+    gates: torch.Tensor | None = None
 
 
 def training_loss(
@@ -729,6 +774,9 @@ def training_loss(
     if args.unit_kl_weight > 0:
         step_loss.unit_kl = unit_kl_divergence(encoder_output.units, encoder_output.unit_log_variance)
         step_loss.loss = step_loss.loss + args.unit_kl_weight * step_loss.unit_kl
+    if args.unit_gate_weight > 0:
+        step_loss.gates = extract_model_from_parallel(encoder).gates.mean()
+        step_loss.loss = step_loss.loss + args.unit_gate_weight * step_loss.gates
     return step_loss
 
 
@@ -775,7 +823,7 @@ RESUME_SETTINGS = (
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "encoder_coordinate_input",
     "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_kurtosis_floor", "unit_dependence_weight",
-    "unit_posterior", "unit_kl_weight",
+    "unit_posterior", "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "broadcast_tokens", "skip_dropout",
@@ -1051,10 +1099,19 @@ def controllability_section(metrics: dict | None) -> str:
 
 def unit_summary(args) -> str:
     parts = []
-    if args.unit_noise > 0:
-        parts.append(f"While training, noise of {args.unit_noise} batch standard deviations is added to each unit")
-    if args.unit_whitening:
-        parts.append("the units are whitened (no two carry the same signal)")
+    if args.unit_gates:
+        parts.append(
+            f"The units are whitened (no two carry the same signal), each unit is scaled by a learned gate, and while "
+            f"training noise of {args.unit_noise} standard deviations of a whitened unit is added to each, so that a "
+            f"gate sets how much its unit can carry"
+        )
+        if args.unit_gate_weight > 0:
+            parts.append(f"the mean gate is added to the loss with weight {args.unit_gate_weight}")
+    else:
+        if args.unit_noise > 0:
+            parts.append(f"While training, noise of {args.unit_noise} batch standard deviations is added to each unit")
+        if args.unit_whitening:
+            parts.append("the units are whitened (no two carry the same signal)")
     if args.unit_kurtosis_weight > 0:
         parts.append(f"their kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
         if args.unit_kurtosis_floor > 0:
@@ -1378,6 +1435,8 @@ def main(args: argparse.Namespace) -> str:
                 logs["unit_dependence"] = step_loss.dependence.detach().item()
             if step_loss.unit_kl is not None:
                 logs["unit_kl"] = step_loss.unit_kl.detach().item()
+            if step_loss.gates is not None:
+                logs["unit_gates"] = step_loss.gates.detach().item()
             if args.dyga and global_step % args.dyga_every == 0:
                 fit = fit_anchorer(args, accelerator, accelerator.unwrap_model(encoder), anchorer, images, global_step)
                 dyga_fits.append(fit)
@@ -1454,6 +1513,7 @@ def main(args: argparse.Namespace) -> str:
                 "final": metric_sizes(args, len(dataset), final=True),
             },
             "dyga_fits": dyga_fits,
+            "unit_gates": encoder.gates.tolist() if encoder.config.unit_gates else None,
         }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
             json.dump(report, file, indent=2)
