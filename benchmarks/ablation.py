@@ -66,6 +66,11 @@ VARIANTS = {
     "+SD+DyGA, broadcast tokens": Variant(("--broadcast_tokens",), "+SD+DyGA", "sd-dyga-broadcast"),
     "+SD+DyGA, kurtosis floor": Variant(("--unit_kurtosis_floor", "1.8"), "+SD+DyGA", "sd-dyga-kurtosis-floor"),
     "+SD+DyGA, unit noise 0.1": Variant(("--unit_noise", "0.1"), "+SD+DyGA", "sd-dyga-unit-noise0.1"),
+    "+SD+DyGA, unit noise 0.1, unit gates": Variant(
+        ("--unit_noise", "0.1", "--unit_gates", "--unit_gate_weight", "0.003"),
+        "+SD+DyGA, unit noise 0.1",
+        "sd-dyga-unit-noise0.1-gates0.003",
+    ),
     "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
         ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"),
         "+SD+DyGA, broadcast tokens",
@@ -162,6 +167,7 @@ def train(options, grid: str, variant: str, seed: int) -> dict:
         "metrics": flat_metrics(report["metrics"]),
         "metric_sizes": report["metric_sizes"]["final"],
         "dyga_components": report["dyga_fits"][-1]["num_components"] if report["dyga_fits"] else None,
+        "unit_gates": report.get("unit_gates"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")

@@ -5,7 +5,8 @@
 
 Encodes the whole built-in grid and, for each unit and factor, takes the share of the unit's variance that the factor
 explains (`diffusers_dyga.evaluation.unit_factor_shares`: 1 for a unit that is a function of that factor alone, 0
-for a unit that ignores it). Also prints each unit's kurtosis and the mean absolute correlation between units.
+for a unit that ignores it). Also prints each unit's kurtosis (and its gate, for an encoder with `unit_gates`) and the
+mean absolute correlation between units.
 
 For every factor that two or more units hold (the factor explains at least half of each one's variance), it takes
 the two that hold it most, whitens that pair and prints the kurtosis of its projections on directions around half a
@@ -70,8 +71,12 @@ def main() -> None:
     standardised = (codes - codes.mean(axis=0)) / codes.std(axis=0).clip(min=1e-12)
     kurtosis = (standardised**4).mean(axis=0)
     mean_absolute_correlation = float(np.abs(np.corrcoef(standardised.T)[np.triu_indices(codes.shape[1], 1)]).mean())
+    gates = pipeline.encoder.gates
+    gates = None if gates is None else gates.detach().cpu().tolist()
     rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}"] for unit in range(codes.shape[1])]
-    print_table(["unit", *names, "kurtosis"], rows)
+    if gates is not None:
+        rows = [[*row, f"{gate:.2f}"] for row, gate in zip(rows, gates)]
+    print_table(["unit", *names, "kurtosis", *(["gate"] if gates is not None else [])], rows)
     print(f"mean absolute correlation between units: {mean_absolute_correlation:.3f}")
     shared = shared_factors(codes, shares, names)
     if not shared:
@@ -89,6 +94,7 @@ def main() -> None:
             "factor_names": names,
             "shares": shares.tolist(),
             "kurtosis": kurtosis.tolist(),
+            "gates": gates,
             "mean_absolute_correlation": mean_absolute_correlation,
             "shared_factors": shared,
         },
