@@ -104,7 +104,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     card = (output / "README.md").read_text()
     assert "DisentangledDiffusionPipeline.from_pretrained" in card and "dci/disentanglement" in card
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
-    assert "the units are whitened" in card and "their kurtosis is added to the loss with weight 0.03" in card
+    assert "the units are whitened" in card and "the units' kurtosis is added to the loss with weight 0.03" in card
     assert "their mean pairwise dependence (kernel HSIC) is added to the loss with weight 0.1" in card
     assert "training timesteps drawn uniformly" in card and "number of Gaussians (at most 10) chosen by ICL" in card
     assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
@@ -425,6 +425,11 @@ def test_charged_unit_gates_close_and_are_reported(tmp_path, cache_dir):
     assert (gates["1"] < 0.5).all() and (gates["1"] < gates["0"]).all()
     card = (tmp_path / "gates-1" / "README.md").read_text()
     assert "each unit is scaled by a learned gate" in card and "mean gate is added to the loss with weight 1.0" in card
+    assert f"the gates end at {', '.join(f'{gate:.2f}' for gate in gates['1'].tolist())} for units 0 to 2" in card
+    assert "the gates end at 0.95, 0.10, 0.05 for units 0 to 2 (units 1, 2 closed, below 0.2)" in train.unit_summary(
+        args, [0.95, 0.1, 0.05]
+    )
+    assert "for units 0 to 1;" in train.unit_summary(args, [0.95, 0.5])
 
 
 def test_attention_resolutions_choose_the_unet_levels_with_cross_attention(tmp_path, cache_dir, capsys):

@@ -1097,7 +1097,8 @@ def controllability_section(metrics: dict | None) -> str:
     return "\n".join(lines)
 
 
-def unit_summary(args) -> str:
+def unit_summary(args, gates: list[float] | None = None) -> str:
+    """The card's sentence on the units; `gates` are the `(num_units,)` final gates of an encoder with `unit_gates`."""
     parts = []
     if args.unit_gates:
         parts.append(
@@ -1107,13 +1108,19 @@ def unit_summary(args) -> str:
         )
         if args.unit_gate_weight > 0:
             parts.append(f"the mean gate is added to the loss with weight {args.unit_gate_weight}")
+        if gates is not None:
+            closed = [str(unit) for unit, gate in enumerate(gates) if gate < 0.2]
+            parts.append(
+                f"the gates end at {', '.join(f'{gate:.2f}' for gate in gates)} for units 0 to {len(gates) - 1}"
+                + (f" (unit{'s' if len(closed) > 1 else ''} {', '.join(closed)} closed, below 0.2)" if closed else "")
+            )
     else:
         if args.unit_noise > 0:
             parts.append(f"While training, noise of {args.unit_noise} batch standard deviations is added to each unit")
         if args.unit_whitening:
             parts.append("the units are whitened (no two carry the same signal)")
     if args.unit_kurtosis_weight > 0:
-        parts.append(f"their kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
+        parts.append(f"the units' kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
         if args.unit_kurtosis_floor > 0:
             parts[-1] += f", counting only what lies above {args.unit_kurtosis_floor}"
     if args.unit_dependence_weight > 0:
@@ -1132,7 +1139,14 @@ def unit_summary(args) -> str:
 
 
 def render_model_card(
-    args, metrics: dict | None, num_images: int, wall_minutes: float, total_minutes: float | None, num_processes: int, device: str
+    args,
+    metrics: dict | None,
+    num_images: int,
+    wall_minutes: float,
+    total_minutes: float | None,
+    num_processes: int,
+    device: str,
+    gates: list[float] | None = None,
 ) -> ModelCard:
     dataset = args.dataset or args.dataset_name
     card_data = ModelCardData(
@@ -1182,7 +1196,7 @@ def render_model_card(
         model_config=args.model_config,
         num_units=args.num_units,
         unit_dim=args.unit_dim,
-        unit_summary=unit_summary(args),
+        unit_summary=unit_summary(args, gates),
         max_train_steps=args.max_train_steps,
         total_batch_size=total_batch,
         train_batch_size=args.train_batch_size,
@@ -1517,7 +1531,9 @@ def main(args: argparse.Namespace) -> str:
         }
         with open(os.path.join(args.output_dir, "training_report.json"), "w") as file:
             json.dump(report, file, indent=2)
-        card = render_model_card(args, metrics, len(dataset), wall_minutes, total_minutes, accelerator.num_processes, device)
+        card = render_model_card(
+            args, metrics, len(dataset), wall_minutes, total_minutes, accelerator.num_processes, device, report["unit_gates"]
+        )
         card.save(os.path.join(args.output_dir, "README.md"))
         logger.info(f"Saved the training report and the model card to {args.output_dir}")
         if args.push_to_hub:
