@@ -694,14 +694,13 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
 def build_optimizer(args: argparse.Namespace, encoder: DisentangledEncoder, unet: SkipDropoutUNet) -> torch.optim.AdamW:
     """AdamW over both models; the encoder trains at `--encoder_learning_rate` (default: `--learning_rate`), its unit
     gates at `--unit_gate_learning_rate` without weight decay."""
-    gate_logits = [encoder.unit_gate_logits] if encoder.config.unit_gates else []
-    encoder_parameters = [parameter for parameter in encoder.parameters() if all(parameter is not g for g in gate_logits)]
+    encoder_parameters = [parameter for name, parameter in encoder.named_parameters() if name != "unit_gate_logits"]
     groups = [
         {"params": encoder_parameters, "lr": args.encoder_learning_rate or args.learning_rate},
         {"params": list(unet.parameters()), "lr": args.learning_rate},
     ]
-    if gate_logits:
-        groups.append({"params": gate_logits, "lr": args.unit_gate_learning_rate, "weight_decay": 0.0})
+    if encoder.config.unit_gates:
+        groups.append({"params": [encoder.unit_gate_logits], "lr": args.unit_gate_learning_rate, "weight_decay": 0.0})
     return torch.optim.AdamW(
         groups,
         betas=(args.adam_beta1, args.adam_beta2),
