@@ -6,7 +6,9 @@
 Encodes the whole built-in grid and, for each unit and factor, takes the share of the unit's variance that the factor
 explains (`diffusers_dyga.evaluation.unit_factor_shares`: 1 for a unit that is a function of that factor alone, 0
 for a unit that ignores it). Also prints each unit's kurtosis (and its gate, for an encoder with `unit_gates`) and the
-mean absolute correlation between units.
+mean absolute correlation between units. For an encoder with a Gaussian posterior on whitened units, it also prints each
+unit's mean posterior standard deviation ("width": near 0 for a unit read precisely, near 1, the prior's, for a unit
+that carries little).
 
 For every factor that two or more units hold (the factor explains at least half of each one's variance), it takes
 the two that hold it most, whitens that pair and prints the kurtosis of its projections on directions around half a
@@ -18,6 +20,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import print_table, write_json
 
 from diffusers_dyga import DisentangledDiffusionPipeline
@@ -35,6 +38,12 @@ def rotation_kurtosis(pair: np.ndarray, num_angles: int = 36) -> np.ndarray:
     angles = np.linspace(0, np.pi, num_angles, endpoint=False)
     projections = white @ np.stack([np.cos(angles), np.sin(angles)])
     return (projections**4).mean(axis=0) / (projections**2).mean(axis=0) ** 2
+
+
+@torch.no_grad()
+def posterior_widths(encoder, images: torch.Tensor) -> torch.Tensor:
+    """`(batch, num_units)` posterior standard deviations of an encoder with `unit_posterior="gaussian"`."""
+    return encoder.eval()(images.to(encoder.device, encoder.dtype)).unit_log_variance.mul(0.5).exp()
 
 
 def shared_factors(codes: np.ndarray, shares: np.ndarray, names: list[str]) -> list[dict]:
@@ -76,7 +85,12 @@ def main() -> None:
     rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}"] for unit in range(codes.shape[1])]
     if gates is not None:
         rows = [[*row, f"{gate:.2f}"] for row, gate in zip(rows, gates)]
-    print_table(["unit", *names, "kurtosis", *(["gate"] if gates is not None else [])], rows)
+    widths = None
+    if pipeline.encoder.config.unit_posterior == "gaussian":
+        widths = encode_dataset(lambda images: posterior_widths(pipeline.encoder, images), dataset).mean(axis=0).tolist()
+        rows = [[*row, f"{width:.2f}"] for row, width in zip(rows, widths)]
+    extra_columns = (["gate"] if gates is not None else []) + (["width"] if widths is not None else [])
+    print_table(["unit", *names, "kurtosis", *extra_columns], rows)
     print(f"mean absolute correlation between units: {mean_absolute_correlation:.3f}")
     shared = shared_factors(codes, shares, names)
     if not shared:
@@ -95,6 +109,7 @@ def main() -> None:
             "shares": shares.tolist(),
             "kurtosis": kurtosis.tolist(),
             "gates": gates,
+            "posterior_widths": widths,
             "mean_absolute_correlation": mean_absolute_correlation,
             "shared_factors": shared,
         },

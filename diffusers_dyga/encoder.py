@@ -126,9 +126,11 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
             posterior whose log-variance the encoder also predicts, as in a VAE: in training mode the tokens are
             made from a sample, and the training loss can add the posterior's KL divergence from N(0, 1)
             ([`unit_kl_divergence`]), which charges every unit for what it carries so that unneeded units fall
-            silent and no factor is copied onto several units. Incompatible with `unit_noise` and
-            `unit_whitening`, which it replaces. The posterior starts narrow (standard deviation 0.05): started at the
-            prior's 1, its noise drowned the untrained means and the units collapsed at every KL weight tried.
+            silent and no factor is copied onto several units. Replaces `unit_noise`. On raw units the posterior
+            starts narrow (standard deviation 0.05): started at the prior's 1, its noise drowned the untrained means
+            and the units collapsed at every KL weight tried. With `unit_whitening` the whitened units are the means,
+            whose spread the whitening fixes, so the KL charges only each image's posterior width: a learned,
+            per-image and per-unit version of `unit_noise` (ours), starting at 0.3 (the `tiny` preset's noise).
         coordinate_input (`bool`, defaults to `False`): append two channels holding each pixel's x and y coordinate
             to the images (CoordConv), so that the trunk can read an object's position as a weighted sum.
         unit_noise (`float`, defaults to 0.0): in training mode, Gaussian noise of this many batch standard deviations
@@ -176,11 +178,8 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"unit_noise must be non-negative, got {unit_noise}.")
         if unit_posterior not in ("deterministic", "gaussian"):
             raise ValueError(f"unit_posterior must be 'deterministic' or 'gaussian', got {unit_posterior!r}.")
-        if unit_posterior == "gaussian" and (unit_noise > 0 or unit_whitening):
-            raise ValueError(
-                "unit_posterior='gaussian' replaces unit_noise and unit_whitening; set unit_noise=0 and "
-                "unit_whitening=False."
-            )
+        if unit_posterior == "gaussian" and unit_noise > 0:
+            raise ValueError("unit_posterior='gaussian' replaces unit_noise: set unit_noise=0.")
         if unit_gates and not (unit_whitening and unit_noise > 0):
             raise ValueError(
                 "unit_gates scales whitened units against absolute training noise: set unit_whitening=True and "
@@ -205,7 +204,8 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         if unit_posterior == "gaussian":
             self.to_unit_log_variance = nn.Linear(hidden_dims[-1], num_units)
             nn.init.zeros_(self.to_unit_log_variance.weight)
-            nn.init.constant_(self.to_unit_log_variance.bias, 2 * math.log(0.05))
+            initial_std = 0.3 if unit_whitening else 0.05
+            nn.init.constant_(self.to_unit_log_variance.bias, 2 * math.log(initial_std))
         if unit_whitening:
             self.register_buffer("running_mean", torch.zeros(num_units))
             self.register_buffer("running_covariance", torch.eye(num_units))

@@ -3,6 +3,7 @@ import torch
 from transformers import AutoBackbone, ConvNextConfig, ResNetConfig
 
 from diffusers_dyga import DisentangledEncoder
+from diffusers_dyga.training_utils import unit_kl_divergence
 
 from .tiny import NUM_UNITS, SIZE, UNIT_DIM, random_images, tiny_encoder
 
@@ -209,6 +210,17 @@ def test_coordinate_input_gives_the_trunk_each_pixels_position(tmp_path):
         assert torch.equal(reloaded(images).tokens, tokens)
 
 
+def test_gaussian_posterior_on_whitened_units_starts_at_the_preset_noise_and_charges_only_its_width():
+    encoder = tiny_encoder(unit_posterior="gaussian", unit_whitening=True).train()
+    training = encoder(random_images(NUM_UNITS + 6))
+    torch.testing.assert_close(training.unit_log_variance.mul(0.5).exp(), torch.full_like(training.units, 0.3))
+    torch.testing.assert_close(training.units.var(dim=0), torch.ones(NUM_UNITS), atol=1e-2, rtol=0)
+    unit_kl_divergence(training.units, training.unit_log_variance).backward()
+    width_gradient = encoder.to_unit_log_variance.bias.grad.abs().min()
+    assert width_gradient > 0.1
+    assert encoder.to_units.weight.grad.abs().max() < 0.01 * width_gradient
+
+
 def test_gaussian_unit_posterior_samples_tokens_in_training_and_uses_the_means_otherwise(tmp_path):
     encoder = tiny_encoder(unit_posterior="gaussian")
     images = random_images(5)
@@ -228,8 +240,8 @@ def test_gaussian_unit_posterior_samples_tokens_in_training_and_uses_the_means_o
     assert reloaded.config.unit_posterior == "gaussian"
     torch.testing.assert_close(reloaded(images).unit_log_variance, evaluation.unit_log_variance)
     assert tiny_encoder()(images).unit_log_variance is None
-    with pytest.raises(ValueError, match="replaces unit_noise and unit_whitening"):
-        tiny_encoder(unit_posterior="gaussian", unit_whitening=True)
+    with pytest.raises(ValueError, match="replaces unit_noise"):
+        tiny_encoder(unit_posterior="gaussian", unit_whitening=True, unit_noise=0.3)
     with pytest.raises(ValueError, match="unit_posterior must be"):
         tiny_encoder(unit_posterior="laplace")
 

@@ -292,7 +292,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeyp
         ("--dyga_init_components", "11", "--dyga_init_components (11) exceeds --dyga_max_components (10)"),
         ("--beta_end", "0.00001", "Need 0 < --beta_start < --beta_end < 1"),
         ("--unit_kl_weight", "0.01", "--unit_kl_weight needs --unit_posterior gaussian"),
-        ("--unit_posterior", "gaussian", "--unit_posterior gaussian replaces unit noise and whitening"),
+        ("--unit_posterior", "gaussian", "--unit_posterior gaussian replaces the unit noise"),
         ("--dyga_max_iterations", "0", "--dyga_max_iterations must be positive"),
     ]:
         with pytest.raises(SystemExit):
@@ -430,6 +430,22 @@ def test_charged_unit_gates_close_and_are_reported(tmp_path, cache_dir):
         args, [0.95, 0.1, 0.05]
     )
     assert "for units 0 to 1;" in train.unit_summary(args, [0.95, 0.5])
+
+
+def test_a_gaussian_posterior_on_whitened_units_charges_its_width_and_the_card_says_so(tmp_path, cache_dir):
+    options = ["--unit_posterior", "gaussian", "--unit_noise", "0", "--unit_kl_weight", "0.003"]
+    args = train.parse_args(tiny_args(tmp_path, cache_dir, *options, "--control_num_sources", "0"))
+    assert args.unit_whitening
+    args.vae_scale = 1
+    encoder, unet, anchorer, noise_scheduler = train.build_models(args, in_channels=3, latent_channels=3)
+    assert encoder.config.unit_whitening and encoder.config.unit_posterior == "gaussian"
+    pixels = torch.rand(8, 3, args.resolution, args.resolution) * 2 - 1
+    step_loss = train.training_loss(args, encoder, unet, anchorer, noise_scheduler, pixels)
+    assert step_loss.unit_kl > 0
+    step_loss.loss.backward()
+    assert encoder.to_unit_log_variance.weight.grad.abs().sum() > 0
+    summary = train.unit_summary(args)
+    assert "units are whitened" in summary and "learned per image" in summary and "weight 0.003" in summary
 
 
 def test_attention_resolutions_choose_the_unet_levels_with_cross_attention(tmp_path, cache_dir, capsys):

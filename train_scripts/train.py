@@ -251,7 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--unit_posterior",
         choices=["deterministic", "gaussian"],
         default=None,
-        help="gaussian: each unit is a VAE posterior (mean and log-variance); pair it with --unit_kl_weight (ours).",
+        help="gaussian: each unit is a VAE posterior (mean and log-variance); pair it with --unit_kl_weight and "
+        "--unit_noise 0. With --unit_whitening the posterior's width is a training noise learned per image (ours).",
     )
     model.add_argument(
         "--unit_kl_weight",
@@ -490,8 +491,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--unit_kl_weight must be non-negative, got {args.unit_kl_weight}.")
     if args.unit_kl_weight > 0 and args.unit_posterior != "gaussian":
         parser.error("--unit_kl_weight needs --unit_posterior gaussian (a deterministic unit has no posterior).")
-    if args.unit_posterior == "gaussian" and (args.unit_whitening or args.unit_noise > 0):
-        parser.error("--unit_posterior gaussian replaces unit noise and whitening: add --unit_noise 0 --no-unit_whitening.")
+    if args.unit_posterior == "gaussian" and args.unit_noise > 0:
+        parser.error("--unit_posterior gaussian replaces the unit noise: add --unit_noise 0.")
     if args.unit_gates and not (args.unit_whitening and args.unit_noise > 0):
         parser.error("--unit_gates scales whitened units against the training noise: add --unit_whitening and --unit_noise above 0.")
     if args.unit_gate_weight < 0:
@@ -1126,7 +1127,13 @@ def unit_summary(args, gates: list[float] | None = None) -> str:
         parts.append(
             f"their mean pairwise dependence (kernel HSIC) is added to the loss with weight {args.unit_dependence_weight}"
         )
-    if args.unit_posterior == "gaussian":
+    if args.unit_posterior == "gaussian" and args.unit_whitening:
+        parts.append(
+            f"while training, each whitened unit is the mean of a Gaussian posterior whose width the encoder predicts "
+            f"(a training noise learned per image and per unit), and its KL divergence from N(0, 1), which for "
+            f"whitened units charges only that width, is added to the loss with weight {args.unit_kl_weight}"
+        )
+    elif args.unit_posterior == "gaussian":
         parts.append(
             f"each unit is the mean of a Gaussian posterior whose KL divergence from N(0, 1) is added to the loss "
             f"with weight {args.unit_kl_weight}"
