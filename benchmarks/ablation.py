@@ -71,6 +71,11 @@ VARIANTS = {
         "+SD+DyGA, unit noise 0.1",
         "sd-dyga-unit-noise0.1-gates0.003",
     ),
+    "+SD+DyGA, learned unit noise": Variant(
+        ("--unit_posterior", "gaussian", "--unit_noise", "0", "--unit_kl_weight", "0.003"),
+        "+SD+DyGA",
+        "sd-dyga-posterior-kl0.003",
+    ),
     "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
         ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"),
         "+SD+DyGA, broadcast tokens",
