@@ -79,10 +79,11 @@ def main() -> None:
     shares = unit_factor_shares(codes, factors, options.factor_sizes)
     standardised = (codes - codes.mean(axis=0)) / codes.std(axis=0).clip(min=1e-12)
     kurtosis = (standardised**4).mean(axis=0)
+    skewness = (standardised**3).mean(axis=0)
     mean_absolute_correlation = float(np.abs(np.corrcoef(standardised.T)[np.triu_indices(codes.shape[1], 1)]).mean())
     gates = pipeline.encoder.gates
     gates = None if gates is None else gates.detach().cpu().tolist()
-    rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}"] for unit in range(codes.shape[1])]
+    rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}", f"{skewness[unit]:+.2f}"] for unit in range(codes.shape[1])]
     if gates is not None:
         rows = [[*row, f"{gate:.2f}"] for row, gate in zip(rows, gates)]
     widths = None
@@ -90,7 +91,7 @@ def main() -> None:
         widths = encode_dataset(lambda images: posterior_widths(pipeline.encoder, images), dataset).mean(axis=0).tolist()
         rows = [[*row, f"{width:.2f}"] for row, width in zip(rows, widths)]
     extra_columns = (["gate"] if gates is not None else []) + (["width"] if widths is not None else [])
-    print_table(["unit", *names, "kurtosis", *extra_columns], rows)
+    print_table(["unit", *names, "kurtosis", "skewness", *extra_columns], rows)
     print(f"mean absolute correlation between units: {mean_absolute_correlation:.3f}")
     shared = shared_factors(codes, shares, names)
     if not shared:
@@ -108,6 +109,7 @@ def main() -> None:
             "factor_names": names,
             "shares": shares.tolist(),
             "kurtosis": kurtosis.tolist(),
+            "skewness": skewness.tolist(),
             "gates": gates,
             "posterior_widths": widths,
             "mean_absolute_correlation": mean_absolute_correlation,

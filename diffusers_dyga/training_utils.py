@@ -27,6 +27,23 @@ def unit_kurtosis(units: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     return (kurtosis - floor).clamp_min(0.0).mean()
 
 
+def unit_skewness(units: torch.Tensor) -> torch.Tensor:
+    """Mean squared skewness of the units over a batch: `(batch, num_units)` -> scalar.
+
+    Each unit is standardised over the batch, and its third moment taken over the batch and squared. A factor with
+    evenly spread values, held by one unit, is symmetric and scores 0. A three-valued factor held as a triangle by
+    two whitened units (the shape whitening and the kurtosis term leave it in: its kurtosis is 1.5 in every direction)
+    scores 0.5 summed over the two whatever their rotation, and no two uncorrelated units can both hold such a factor
+    with zero skewness, so minimising this term asks for one unit per odd-valued factor. It assumes symmetric
+    factors; it would push a unit away from a factor whose values are unevenly spread.
+    """
+    if units.ndim != 2 or units.shape[0] < 2:
+        raise ValueError(f"unit_skewness expects units of shape (batch >= 2, num_units), got {tuple(units.shape)}.")
+    units = units.float()
+    standardised = (units - units.mean(dim=0)) / units.std(dim=0).clamp_min(1e-6)
+    return standardised.pow(3).mean(dim=0).pow(2).mean()
+
+
 def unit_dependence(units: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor:
     """Mean statistical dependence between pairs of units over a batch: `(batch, num_units)` -> scalar in [0, 1].
 

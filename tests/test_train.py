@@ -65,6 +65,7 @@ def tiny_args(output_dir, cache_dir, *extra) -> list[str]:
 def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path, cache_dir):
     output = tmp_path / "run"
     extra = ["--use_ema", "--token_dropout", "0.5", "--guidance_scale", "2", "--unit_dependence_weight", "0.1"]
+    extra += ["--unit_skewness_weight", "0.1"]
     train.main(train.parse_args(tiny_args(output, cache_dir, *extra)))
     for name in ("model_index.json", "README.md", "interchange_grid.png", "training_report.json"):
         assert (output / name).is_file(), name
@@ -106,6 +107,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert "builtin:shapes" in card and "interchange_grid.png" in card and "library_name: diffusers" in card
     assert "the units are whitened" in card and "the units' kurtosis is added to the loss with weight 0.03" in card
     assert "their mean pairwise dependence (kernel HSIC) is added to the loss with weight 0.1" in card
+    assert "the units' squared skewness is added to the loss with weight 0.1" in card
     assert "training timesteps drawn uniformly" in card and "number of Gaussians (at most 10) chosen by ICL" in card
     assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
     assert "## Controllability of the renders" in card and "| factor | reconstruction accuracy |" in card
@@ -260,6 +262,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeyp
         ("--unit_noise", "-0.1", "--unit_noise must be non-negative"),
         ("--unit_kurtosis_weight", "-0.1", "--unit_kurtosis_weight must be non-negative"),
         ("--unit_kurtosis_floor", "-1", "--unit_kurtosis_floor must be non-negative"),
+        ("--unit_skewness_weight", "-0.1", "--unit_skewness_weight must be non-negative"),
         ("--unit_dependence_weight", "-0.1", "--unit_dependence_weight must be non-negative"),
         ("--unit_gate_weight", "-0.1", "--unit_gate_weight must be non-negative"),
         ("--unit_gate_weight", "0.1", "--unit_gate_weight charges the unit gates: add --unit_gates"),

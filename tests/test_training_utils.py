@@ -1,7 +1,16 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from diffusers_dyga.training_utils import detail_weights, unit_dependence, unit_kl_divergence, unit_kurtosis
+from diffusers_dyga.training_utils import (
+    detail_weights,
+    unit_dependence,
+    unit_kl_divergence,
+    unit_kurtosis,
+    unit_skewness,
+)
 
 
 def rotation(angle: torch.Tensor) -> torch.Tensor:
@@ -66,6 +75,71 @@ def test_unit_kurtosis_rejects_single_rows_and_wrong_shapes():
         unit_kurtosis(torch.randn(1, 4))
     with pytest.raises(ValueError, match=r"got \(2, 3, 4\)"):
         unit_kurtosis(torch.randn(2, 3, 4))
+
+
+def hue_triangle_and_other_factor(num_samples: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centred one-hot features `(num_samples, 6)` of two independent, evenly drawn 3-valued factors, their values
+    `(num_samples, 2)`, and a `(6, 2)` linear map that puts the first factor on both units as an equilateral triangle
+    (the second almost off). `num_samples` is a multiple of 9."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.arange(num_samples)
+    values = torch.stack([rows % 3, rows // 3 % 3], dim=1)
+    features = torch.cat([F.one_hot(values[:, 0], 3), F.one_hot(values[:, 1], 3)], dim=1).float()
+    angles = torch.arange(3) * 2 * math.pi / 3
+    triangle = torch.cat([torch.stack([angles.cos(), angles.sin()], dim=1), 0.05 * torch.randn(3, 2, generator=generator)])
+    return features - features.mean(dim=0), values, triangle
+
+
+def whitened(units: torch.Tensor) -> torch.Tensor:
+    centred = units - units.mean(dim=0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(centred.T))
+    return centred @ eigenvectors @ torch.diag(eigenvalues.rsqrt()) @ eigenvectors.T
+
+
+def factor_shares(units: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Share of each unit's variance `(num_units,)` that its means per value of `factor` explain."""
+    means = torch.stack([units[factor == value].mean(dim=0) for value in range(int(factor.max()) + 1)])
+    return means[factor].var(dim=0) / units.var(dim=0)
+
+
+def test_unit_skewness_scores_a_triangle_pair_at_every_rotation_and_one_unit_per_factor_at_zero():
+    features, values, triangle = hue_triangle_and_other_factor(18000)
+    for angle in (0.0, 0.3, 0.9):
+        pair = whitened(features[:, :3] @ triangle[:3] @ rotation(torch.tensor(angle)).T)
+        assert unit_skewness(pair).item() == pytest.approx(0.25, abs=0.01)
+        assert unit_kurtosis(pair).item() == pytest.approx(1.5, abs=0.02)
+    one_unit_each = (values.float() - 1.0) / (values.float() - 1.0).std(dim=0)
+    assert unit_skewness(one_unit_each).item() < 1e-3
+    assert unit_kurtosis(one_unit_each).item() == pytest.approx(1.5, abs=0.02)
+    assert unit_skewness(5.0 * one_unit_each - 2.0).item() == pytest.approx(unit_skewness(one_unit_each).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("skewness_weight, split", [(0.0, False), (1.0, False), (3.0, True)])
+def test_skewness_above_twice_the_kurtosis_weight_moves_a_triangle_pair_onto_one_unit_per_factor(skewness_weight, split):
+    features, values, triangle = hue_triangle_and_other_factor(4095)
+    weights = triangle.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weights], lr=0.01)
+    for _ in range(1500):
+        units = whitened(features @ weights)
+        loss = unit_kurtosis(units) + skewness_weight * unit_skewness(units)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    units = whitened(features @ weights).detach()
+    first, second = factor_shares(units, values[:, 0]), factor_shares(units, values[:, 1])
+    if split:
+        assert sorted([first.max().item(), second.max().item()]) > [0.99, 0.99] and first.argmax() != second.argmax()
+        assert unit_skewness(units).item() < 1e-3
+    else:
+        assert first.min().item() > 0.99 and second.max().item() < 0.01
+
+
+def test_unit_skewness_has_gradients_and_rejects_wrong_shapes():
+    units = torch.randn(32, 4, requires_grad=True)
+    unit_skewness(units).backward()
+    assert torch.isfinite(units.grad).all() and units.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"units of shape \(batch >= 2, num_units\), got \(1, 4\)"):
+        unit_skewness(torch.randn(1, 4))
 
 
 def test_unit_dependence_separates_independent_units_from_functions_of_one_factor():

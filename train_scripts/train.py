@@ -73,7 +73,13 @@ from diffusers_dyga.training_data import (
     load_training_data,
     prepare_images,
 )
-from diffusers_dyga.training_utils import detail_weights, unit_dependence, unit_kl_divergence, unit_kurtosis
+from diffusers_dyga.training_utils import (
+    detail_weights,
+    unit_dependence,
+    unit_kl_divergence,
+    unit_kurtosis,
+    unit_skewness,
+)
 
 logger = get_logger(__name__)
 
@@ -96,6 +102,7 @@ PRESETS = {
         "unit_whitening": True,
         "unit_kurtosis_weight": 0.03,
         "unit_kurtosis_floor": 0.0,
+        "unit_skewness_weight": 0.0,
         "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
@@ -160,6 +167,7 @@ PRESETS = {
         "unit_whitening": False,
         "unit_kurtosis_weight": 0.0,
         "unit_kurtosis_floor": 0.0,
+        "unit_skewness_weight": 0.0,
         "unit_dependence_weight": 0.0,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
@@ -239,6 +247,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Count each unit's kurtosis only above this value (1.8: a uniform factor's), so that the term charges "
         "mixtures of factors without rewarding a many-valued factor split into two-valued bits (0: plain kurtosis).",
+    )
+    model.add_argument(
+        "--unit_skewness_weight",
+        type=float,
+        default=None,
+        help="Weight of the units' mean squared skewness in the loss: asks for one unit per odd-valued factor where "
+        "whitening leaves a three-valued factor on two units as a triangle (ours; 0: off).",
     )
     model.add_argument(
         "--unit_dependence_weight",
@@ -509,6 +524,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--unit_kurtosis_floor only acts on the kurtosis term: set --unit_kurtosis_weight above 0 as well.")
     if args.unit_kurtosis_weight > 0 and args.train_batch_size < 2:
         parser.error("--unit_kurtosis_weight needs --train_batch_size of at least 2 (the kurtosis is taken over the batch).")
+    if args.unit_skewness_weight < 0:
+        parser.error(f"--unit_skewness_weight must be non-negative, got {args.unit_skewness_weight}.")
+    if args.unit_skewness_weight > 0 and args.train_batch_size < 2:
+        parser.error("--unit_skewness_weight needs --train_batch_size of at least 2 (the skewness is taken over the batch).")
     if args.unit_dependence_weight < 0:
         parser.error(f"--unit_dependence_weight must be non-negative, got {args.unit_dependence_weight}.")
     if args.unit_dependence_weight > 0 and (args.train_batch_size < 2 or args.num_units < 2):
@@ -723,6 +742,7 @@ class StepLoss:
     loss: torch.Tensor
     denoising: torch.Tensor
     kurtosis: torch.Tensor | None = None
+    skewness: torch.Tensor | None = None
     dependence: torch.Tensor | None = None
     unit_kl: torch.Tensor | None = None
     gates: torch.Tensor | None = None
@@ -768,6 +788,9 @@ def training_loss(
     if args.unit_kurtosis_weight > 0:
         step_loss.kurtosis = unit_kurtosis(encoder_output.units, floor=args.unit_kurtosis_floor)
         step_loss.loss = step_loss.loss + args.unit_kurtosis_weight * step_loss.kurtosis
+    if args.unit_skewness_weight > 0:
+        step_loss.skewness = unit_skewness(encoder_output.units)
+        step_loss.loss = step_loss.loss + args.unit_skewness_weight * step_loss.skewness
     if args.unit_dependence_weight > 0:
         step_loss.dependence = unit_dependence(encoder_output.units)
         step_loss.loss = step_loss.loss + args.unit_dependence_weight * step_loss.dependence
@@ -822,8 +845,8 @@ RESUME_SETTINGS = (
     "resolution", "vae", "num_units", "unit_dim", "encoder_channels", "encoder_hidden_dim", "token_hidden_dim",
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "encoder_coordinate_input",
-    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_kurtosis_floor", "unit_dependence_weight",
-    "unit_posterior", "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
+    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_kurtosis_floor", "unit_skewness_weight",
+    "unit_dependence_weight", "unit_posterior", "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "broadcast_tokens", "skip_dropout",
@@ -1123,6 +1146,8 @@ def unit_summary(args, gates: list[float] | None = None) -> str:
         parts.append(f"the units' kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
         if args.unit_kurtosis_floor > 0:
             parts[-1] += f", counting only what lies above {args.unit_kurtosis_floor}"
+    if args.unit_skewness_weight > 0:
+        parts.append(f"the units' squared skewness is added to the loss with weight {args.unit_skewness_weight}")
     if args.unit_dependence_weight > 0:
         parts.append(
             f"their mean pairwise dependence (kernel HSIC) is added to the loss with weight {args.unit_dependence_weight}"
@@ -1451,6 +1476,8 @@ def main(args: argparse.Namespace) -> str:
             }
             if step_loss.kurtosis is not None:
                 logs["unit_kurtosis"] = step_loss.kurtosis.detach().item()
+            if step_loss.skewness is not None:
+                logs["unit_skewness"] = step_loss.skewness.detach().item()
             if step_loss.dependence is not None:
                 logs["unit_dependence"] = step_loss.dependence.detach().item()
             if step_loss.unit_kl is not None:
