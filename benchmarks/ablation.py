@@ -71,10 +71,21 @@ VARIANTS = {
         "+SD+DyGA, unit noise 0.1",
         "sd-dyga-unit-noise0.1-gates0.003",
     ),
+    "+SD+DyGA, unit noise 0.1, unit gates, skewness 0.3": Variant(
+        ("--unit_noise", "0.1", "--unit_gates", "--unit_gate_weight", "0.003", "--unit_skewness_weight", "0.3"),
+        "+SD+DyGA, unit noise 0.1, unit gates",
+        "sd-dyga-unit-noise0.1-gates0.003-skewness0.3",
+    ),
     "+SD+DyGA, learned unit noise": Variant(
         ("--unit_posterior", "gaussian", "--unit_noise", "0", "--unit_kl_weight", "0.003"),
         "+SD+DyGA",
         "sd-dyga-posterior-kl0.003",
+    ),
+    "+SD+DyGA, kurtosis 0.1": Variant(("--unit_kurtosis_weight", "0.1"), "+SD+DyGA", "sd-dyga-kurtosis0.1"),
+    "+SD+DyGA, kurtosis 0.1, skewness 0.3": Variant(
+        ("--unit_kurtosis_weight", "0.1", "--unit_skewness_weight", "0.3"),
+        "+SD+DyGA, kurtosis 0.1",
+        "sd-dyga-kurtosis0.1-skewness0.3",
     ),
     "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
         ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"),
