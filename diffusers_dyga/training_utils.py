@@ -4,6 +4,12 @@ import torch
 import torch.nn.functional as F
 
 
+def standardised_over_batch(units: torch.Tensor) -> torch.Tensor:
+    """Each unit centred and scaled to unit standard deviation over the batch, in float32: `(batch, num_units)`."""
+    units = units.float()
+    return (units - units.mean(dim=0)) / units.std(dim=0).clamp_min(1e-6)
+
+
 def unit_kurtosis(units: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     """Mean kurtosis of the units over a batch: `(batch, num_units)` -> scalar.
 
@@ -21,8 +27,7 @@ def unit_kurtosis(units: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
         raise ValueError(f"unit_kurtosis expects units of shape (batch >= 2, num_units), got {tuple(units.shape)}.")
     if floor < 0:
         raise ValueError(f"unit_kurtosis floor must be non-negative, got {floor}.")
-    units = units.float()
-    standardised = (units - units.mean(dim=0)) / units.std(dim=0).clamp_min(1e-6)
+    standardised = standardised_over_batch(units)
     kurtosis = standardised.pow(4).mean(dim=0)
     return (kurtosis - floor).clamp_min(0.0).mean()
 
@@ -39,8 +44,7 @@ def unit_skewness(units: torch.Tensor) -> torch.Tensor:
     """
     if units.ndim != 2 or units.shape[0] < 2:
         raise ValueError(f"unit_skewness expects units of shape (batch >= 2, num_units), got {tuple(units.shape)}.")
-    units = units.float()
-    standardised = (units - units.mean(dim=0)) / units.std(dim=0).clamp_min(1e-6)
+    standardised = standardised_over_batch(units)
     return standardised.pow(3).mean(dim=0).pow(2).mean()
 
 
@@ -56,8 +60,7 @@ def unit_dependence(units: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor
         raise ValueError(
             f"unit_dependence expects units of shape (batch >= 2, num_units >= 2), got {tuple(units.shape)}."
         )
-    units = units.float()
-    standardised = (units - units.mean(dim=0)) / units.std(dim=0).clamp_min(1e-6)
+    standardised = standardised_over_batch(units)
     columns = standardised.T.unsqueeze(-1)
     kernels = torch.exp(-(columns - columns.transpose(1, 2)).pow(2) / (2 * bandwidth**2))
     centred = kernels - kernels.mean(dim=1, keepdim=True) - kernels.mean(dim=2, keepdim=True)
