@@ -269,18 +269,24 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         """`(num_units,)` gates in (0, 1) that scale the whitened units, or `None` without `unit_gates`."""
         return torch.sigmoid(self.unit_gate_logits) if self.config.unit_gates else None
 
-    def units_from_features(self, features: torch.Tensor) -> torch.Tensor:
+    def units_from_features(self, features: torch.Tensor, running_statistics: bool | None = None) -> torch.Tensor:
+        """`(batch, hidden_dim)` features -> `(batch, num_units)` units; `running_statistics` whitens with the running
+        mean and covariance even in training, and updates neither (default: in eval mode only)."""
         units = self.to_units(features)
         if self.config.unit_whitening:
-            units = self.whiten(units)
+            units = self.whiten(units, running_statistics)
         if self.config.unit_gates:
             units = units * self.gates.to(units.dtype)
         return units
 
-    def whiten(self, units: torch.Tensor) -> torch.Tensor:
+    def whiten(self, units: torch.Tensor, running_statistics: bool | None = None) -> torch.Tensor:
         """Decorrelates `(batch, num_units)` units to zero mean and identity covariance (Cholesky whitening): batch
-        statistics in training, running statistics otherwise."""
-        if self.training:
+        statistics in training, running statistics otherwise or when `running_statistics` is True."""
+        if running_statistics is None:
+            running_statistics = not self.training
+        if running_statistics:
+            mean, covariance = self.running_mean, self.running_covariance
+        else:
             if units.shape[0] <= self.config.num_units:
                 raise ValueError(
                     f"Unit whitening needs training batches larger than num_units={self.config.num_units}, got a "
@@ -296,8 +302,6 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
                 momentum = self.config.whitening_momentum
                 self.running_mean.lerp_(mean.detach().float(), momentum)
                 self.running_covariance.lerp_(covariance.detach().float(), momentum)
-        else:
-            mean, covariance = self.running_mean, self.running_covariance
         centered = units - mean
         covariance = covariance.float()
         eye = torch.eye(covariance.shape[0], device=covariance.device)

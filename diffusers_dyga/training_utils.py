@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 
 def standardised_over_batch(units: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,34 @@ def unit_kl_divergence(units: torch.Tensor, log_variance: torch.Tensor) -> torch
         )
     units, log_variance = units.float(), log_variance.float()
     return 0.5 * (units.pow(2) + log_variance.exp() - log_variance - 1.0).sum(dim=1).mean()
+
+
+def swap_one_unit(units: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row with one unit, drawn at random, taken from the next row (the last from the first): the single-unit
+    edits of a latent interchange. `(batch, num_units)` -> `(batch, num_units)` edited units and the `(batch,)` index
+    of the unit each row took."""
+    if units.ndim != 2 or units.shape[0] < 2:
+        raise ValueError(f"swap_one_unit expects units of shape (batch >= 2, num_units), got {tuple(units.shape)}.")
+    swapped = torch.randint(units.shape[1], (units.shape[0],), generator=generator).to(units.device)
+    taken = F.one_hot(swapped, units.shape[1]).bool()
+    return torch.where(taken, units.roll(-1, dims=0), units), swapped
+
+
+def predicted_original_sample(
+    scheduler: DDPMScheduler, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The clean sample a denoiser's output implies at each row's timestep, for the scheduler's `prediction_type`
+    (`epsilon`, `sample` or `v_prediction`): `(batch, ...)` noisy samples and predictions, `(batch,)` timesteps."""
+    alphas = scheduler.alphas_cumprod.to(device=noisy.device, dtype=torch.float32)[timesteps.long()]
+    alphas = alphas.view(-1, *([1] * (noisy.ndim - 1)))
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "sample":
+        return prediction
+    if prediction_type == "epsilon":
+        return ((noisy.float() - (1 - alphas).sqrt() * prediction.float()) / alphas.sqrt()).to(prediction.dtype)
+    if prediction_type == "v_prediction":
+        return (alphas.sqrt() * noisy.float() - (1 - alphas).sqrt() * prediction.float()).to(prediction.dtype)
+    raise ValueError(f"Unknown prediction_type {prediction_type!r}: expected epsilon, sample or v_prediction.")
 
 
 def detail_weights(images: torch.Tensor, strength: float, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -72,6 +72,21 @@ def test_unit_whitening_decorrelates_training_batches_and_tracks_running_statist
     torch.testing.assert_close(one, units[:1].detach(), atol=1e-3, rtol=0)
 
 
+def test_running_statistics_whiten_a_training_batch_as_eval_mode_does_and_leave_the_statistics_alone():
+    encoder = tiny_encoder(unit_whitening=True, whitening_momentum=0.5)
+    images = random_images(16)
+    for _ in range(3):
+        encoder.encode(images)
+    mean, covariance = encoder.running_mean.clone(), encoder.running_covariance.clone()
+    read = encoder.units_from_features(encoder.features(images[:2]), running_statistics=True)
+    assert encoder.training and torch.equal(encoder.running_mean, mean) and torch.equal(encoder.running_covariance, covariance)
+    read.sum().backward()
+    assert all(p.grad is not None for p in encoder.to_units.parameters())
+    encoder.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(read.detach(), encoder.encode(images[:2]))
+
+
 def test_unit_gates_scale_the_whitened_units_against_absolute_training_noise(tmp_path):
     encoder = tiny_encoder(unit_whitening=True, unit_noise=0.3, unit_gates=True)
     with torch.no_grad():

@@ -65,7 +65,7 @@ def tiny_args(output_dir, cache_dir, *extra) -> list[str]:
 def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path, cache_dir):
     output = tmp_path / "run"
     extra = ["--use_ema", "--token_dropout", "0.5", "--guidance_scale", "2", "--unit_dependence_weight", "0.1"]
-    extra += ["--unit_skewness_weight", "0.1"]
+    extra += ["--unit_skewness_weight", "0.1", "--swap_consistency_weight", "0.05"]
     train.main(train.parse_args(tiny_args(output, cache_dir, *extra)))
     for name in ("model_index.json", "README.md", "interchange_grid.png", "training_report.json"):
         assert (output / name).is_file(), name
@@ -108,6 +108,7 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert "the units are whitened" in card and "the units' kurtosis is added to the loss with weight 0.03" in card
     assert "their mean pairwise dependence (kernel HSIC) is added to the loss with weight 0.1" in card
     assert "the units' squared skewness is added to the loss with weight 0.1" in card
+    assert "rendered with one unit taken from another image" in card and "with weight 0.05" in card
     assert "training timesteps drawn uniformly" in card and "number of Gaussians (at most 10) chosen by ICL" in card
     assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
     assert "## Controllability of the renders" in card and "| factor | reconstruction accuracy |" in card
@@ -263,6 +264,7 @@ def test_bad_arguments_exit_before_training(tmp_path, cache_dir, capsys, monkeyp
         ("--unit_kurtosis_weight", "-0.1", "--unit_kurtosis_weight must be non-negative"),
         ("--unit_kurtosis_floor", "-1", "--unit_kurtosis_floor must be non-negative"),
         ("--unit_skewness_weight", "-0.1", "--unit_skewness_weight must be non-negative"),
+        ("--swap_consistency_weight", "-0.1", "--swap_consistency_weight must be non-negative"),
         ("--unit_dependence_weight", "-0.1", "--unit_dependence_weight must be non-negative"),
         ("--unit_gate_weight", "-0.1", "--unit_gate_weight must be non-negative"),
         ("--unit_gate_weight", "0.1", "--unit_gate_weight charges the unit gates: add --unit_gates"),
@@ -408,6 +410,24 @@ def test_broadcast_tokens_gives_the_unet_every_unit_at_every_pixel_and_trains(tm
     train.training_loss(args, encoder, unet, anchorer, noise_scheduler, pixels).loss.backward()
     assert unet.token_readout_weight.grad.abs().sum() > 0
     assert all(parameter.grad is not None for parameter in encoder.parameters() if parameter.requires_grad)
+
+
+def test_swap_consistency_moves_the_units_only_and_leaves_the_parameters_trainable(tmp_path, cache_dir):
+    options = ["--swap_consistency_weight", "1", "--swap_consistency_batch_size", "3", "--no-dyga"]
+    args = train.parse_args(tiny_args(tmp_path, cache_dir, *options))
+    args.vae_scale = 1
+    encoder, unet, anchorer, noise_scheduler = train.build_models(args, in_channels=3, latent_channels=3)
+    pixels = torch.rand(4, 3, args.resolution, args.resolution) * 2 - 1
+    units = encoder.encode(pixels)
+    running_mean = encoder.running_mean.clone()
+    term = train.swap_consistency(args, encoder, unet, anchorer, noise_scheduler, pixels, units)
+    assert term > 0 and torch.equal(encoder.running_mean, running_mean)
+    term.backward()
+    assert all(parameter.grad is None for parameter in unet.parameters())
+    assert encoder.to_units.weight.grad.abs().sum() > 0 and encoder.token_in_weight.grad is None
+    assert all(parameter.requires_grad for parameter in [*unet.parameters(), *encoder.parameters()])
+    step_loss = train.training_loss(args, encoder, unet, anchorer, noise_scheduler, pixels)
+    assert step_loss.swap_consistency > 0 and step_loss.loss > step_loss.denoising
 
 
 def test_charged_unit_gates_close_and_are_reported(tmp_path, cache_dir):

@@ -4,8 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from diffusers import DDPMScheduler
+
 from diffusers_dyga.training_utils import (
     detail_weights,
+    predicted_original_sample,
+    swap_one_unit,
     unit_dependence,
     unit_kl_divergence,
     unit_kurtosis,
@@ -195,3 +199,26 @@ def test_unit_kl_divergence_is_the_gaussian_kl_from_the_standard_normal():
     assert unit_kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
     with pytest.raises(ValueError, match="same shape"):
         unit_kl_divergence(torch.zeros(3, 4), torch.zeros(3, 5))
+
+
+def test_swap_one_unit_takes_exactly_one_unit_of_each_row_from_the_next_row():
+    units = torch.randn(6, 5)
+    edited, swapped = swap_one_unit(units, generator=torch.Generator().manual_seed(0))
+    donors = units.roll(-1, dims=0)
+    for row in range(6):
+        changed = (edited[row] != units[row]).nonzero().flatten().tolist()
+        assert changed == [swapped[row].item()] and edited[row, changed[0]] == donors[row, changed[0]]
+    assert len(set(swap_one_unit(units, generator=torch.Generator().manual_seed(1))[1].tolist())) > 1
+    with pytest.raises(ValueError, match="batch >= 2"):
+        swap_one_unit(torch.randn(1, 5))
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v_prediction"])
+def test_predicted_original_sample_recovers_the_clean_sample_from_each_prediction_type(prediction_type):
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    clean, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    timesteps = torch.tensor([0, 300, 700, 999])
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    target = {"sample": clean, "epsilon": noise, "v_prediction": scheduler.get_velocity(clean, noise, timesteps)}
+    recovered = predicted_original_sample(scheduler, noisy, target[prediction_type], timesteps)
+    torch.testing.assert_close(recovered, clean, atol=2e-3, rtol=0)

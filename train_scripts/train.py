@@ -75,6 +75,8 @@ from diffusers_dyga.training_data import (
 )
 from diffusers_dyga.training_utils import (
     detail_weights,
+    predicted_original_sample,
+    swap_one_unit,
     unit_dependence,
     unit_kl_divergence,
     unit_kurtosis,
@@ -104,6 +106,8 @@ PRESETS = {
         "unit_kurtosis_floor": 0.0,
         "unit_skewness_weight": 0.0,
         "unit_dependence_weight": 0.0,
+        "swap_consistency_weight": 0.0,
+        "swap_consistency_batch_size": 8,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
         "unit_gates": False,
@@ -169,6 +173,8 @@ PRESETS = {
         "unit_kurtosis_floor": 0.0,
         "unit_skewness_weight": 0.0,
         "unit_dependence_weight": 0.0,
+        "swap_consistency_weight": 0.0,
+        "swap_consistency_batch_size": 8,
         "unit_posterior": "deterministic",
         "unit_kl_weight": 0.0,
         "unit_gates": False,
@@ -261,6 +267,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Weight of the units' mean pairwise dependence (kernel HSIC) in the loss: keeps any two units from "
         "holding functions of one factor (ours; 0: off).",
+    )
+    model.add_argument(
+        "--swap_consistency_weight",
+        type=float,
+        default=None,
+        help="Weight of the edit-consistency term: each image is rendered (one-step prediction) with one unit taken "
+        "from another image, and the units the encoder reads from the render are charged for differing from the "
+        "edited units, so that a single unit's swap shows in the render and moves only that unit (ours; 0: off).",
+    )
+    model.add_argument(
+        "--swap_consistency_batch_size",
+        type=int,
+        default=None,
+        help="How many of each batch's images the edit-consistency term renders (it costs one more U-Net and encoder "
+        "pass on them).",
     )
     model.add_argument(
         "--unit_posterior",
@@ -532,6 +553,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--unit_dependence_weight must be non-negative, got {args.unit_dependence_weight}.")
     if args.unit_dependence_weight > 0 and (args.train_batch_size < 2 or args.num_units < 2):
         parser.error("--unit_dependence_weight needs --train_batch_size and --num_units of at least 2 (pairs over the batch).")
+    if args.swap_consistency_weight < 0:
+        parser.error(f"--swap_consistency_weight must be non-negative, got {args.swap_consistency_weight}.")
+    if args.swap_consistency_weight > 0 and args.vae:
+        parser.error("--swap_consistency_weight re-encodes the U-Net's renders, which are latents with --vae: train in pixel space.")
+    if args.swap_consistency_weight > 0 and min(args.train_batch_size, args.swap_consistency_batch_size) < 2:
+        parser.error(
+            "--swap_consistency_weight needs --train_batch_size and --swap_consistency_batch_size of at least 2 (a unit "
+            "is taken from another image)."
+        )
     if not 0 <= args.token_dropout < 1:
         parser.error(f"--token_dropout must be in [0, 1), got {args.token_dropout}.")
     if args.guidance_scale < 1:
@@ -744,6 +774,7 @@ class StepLoss:
     kurtosis: torch.Tensor | None = None
     skewness: torch.Tensor | None = None
     dependence: torch.Tensor | None = None
+    swap_consistency: torch.Tensor | None = None
     unit_kl: torch.Tensor | None = None
     gates: torch.Tensor | None = None
 
@@ -794,6 +825,9 @@ def training_loss(
     if args.unit_dependence_weight > 0:
         step_loss.dependence = unit_dependence(encoder_output.units)
         step_loss.loss = step_loss.loss + args.unit_dependence_weight * step_loss.dependence
+    if args.swap_consistency_weight > 0:
+        step_loss.swap_consistency = swap_consistency(args, encoder, unet, anchorer, noise_scheduler, latents, encoder_output.units)
+        step_loss.loss = step_loss.loss + args.swap_consistency_weight * step_loss.swap_consistency
     if args.unit_kl_weight > 0:
         step_loss.unit_kl = unit_kl_divergence(encoder_output.units, encoder_output.unit_log_variance)
         step_loss.loss = step_loss.loss + args.unit_kl_weight * step_loss.unit_kl
@@ -801,6 +835,53 @@ def training_loss(
         step_loss.gates = extract_model_from_parallel(encoder).gates.mean()
         step_loss.loss = step_loss.loss + args.unit_gate_weight * step_loss.gates
     return step_loss
+
+
+@contextmanager
+def frozen_parameters(*models: torch.nn.Module) -> Iterator[None]:
+    """Operations recorded inside pass gradients to their inputs but not to the models' parameters."""
+    parameters = [parameter for model in models for parameter in model.parameters() if parameter.requires_grad]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+
+
+def swap_consistency(
+    args: argparse.Namespace,
+    encoder: torch.nn.Module,
+    unet: torch.nn.Module,
+    anchorer: DyGAAnchorer,
+    noise_scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    units: torch.Tensor,
+) -> torch.Tensor:
+    """The edit-consistency term (ours): each of the first `--swap_consistency_batch_size` of the `(batch, channels,
+    H, W)` images is noised to a timestep in the upper half of the schedule, where the tokens decide most of what is
+    drawn, and denoised in one step with one of its `(batch, num_units)` units taken from the next image; the encoder
+    reads the render back (whitened with its running statistics, which the render does not update), and the term is
+    the mean squared distance from the edited units. The U-Net and the encoder render and read with their weights
+    frozen, so the term moves only the units themselves (through the encoder's pass on the images): toward codes
+    whose single-unit edits can be drawn and read back, which a factor spread over two units is not, since taking
+    one of them asks for a combination no image has. (With the weights free, the U-Net and the reader learn to pass
+    the edit along in the render's pixels instead.)"""
+    model = extract_model_from_parallel(encoder)
+    images, units = images[: args.swap_consistency_batch_size], units[: args.swap_consistency_batch_size]
+    edited, _ = swap_one_unit(units)
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(num_timesteps // 2, num_timesteps, (images.shape[0],), device=images.device)
+    noisy = noise_scheduler.add_noise(images, torch.randn_like(images), timesteps)
+    with frozen_parameters(model, unet):
+        tokens = model.embed(edited)
+        if args.dyga and anchorer.is_fitted:
+            tokens = anchorer.align(tokens)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
+        render = predicted_original_sample(noise_scheduler, noisy, prediction, timesteps).clamp(-1.0, 1.0)
+        read_back = model.units_from_features(model.features(render), running_statistics=True)
+    return F.mse_loss(read_back.float(), edited.float())
 
 
 def set_tf32(allow: bool) -> None:
@@ -846,7 +927,7 @@ RESUME_SETTINGS = (
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "encoder_coordinate_input",
     "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_kurtosis_floor", "unit_skewness_weight",
-    "unit_dependence_weight", "unit_posterior", "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
+    "unit_dependence_weight", "swap_consistency_weight", "swap_consistency_batch_size", "unit_posterior", "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "broadcast_tokens", "skip_dropout",
@@ -1151,6 +1232,12 @@ def unit_summary(args, gates: list[float] | None = None) -> str:
     if args.unit_dependence_weight > 0:
         parts.append(
             f"their mean pairwise dependence (kernel HSIC) is added to the loss with weight {args.unit_dependence_weight}"
+        )
+    if args.swap_consistency_weight > 0:
+        parts.append(
+            f"each training image is also rendered with one unit taken from another image, and the distance between "
+            f"the units read back from that render and the edited units is added to the loss with weight "
+            f"{args.swap_consistency_weight}"
         )
     if args.unit_posterior == "gaussian" and args.unit_whitening:
         parts.append(
@@ -1480,6 +1567,8 @@ def main(args: argparse.Namespace) -> str:
                 logs["unit_skewness"] = step_loss.skewness.detach().item()
             if step_loss.dependence is not None:
                 logs["unit_dependence"] = step_loss.dependence.detach().item()
+            if step_loss.swap_consistency is not None:
+                logs["swap_consistency"] = step_loss.swap_consistency.detach().item()
             if step_loss.unit_kl is not None:
                 logs["unit_kl"] = step_loss.unit_kl.detach().item()
             if step_loss.gates is not None:
