@@ -87,6 +87,32 @@ VARIANTS = {
         "+SD+DyGA, kurtosis 0.1",
         "sd-dyga-kurtosis0.1-skewness0.3",
     ),
+    "+SD+DyGA, kurtosis 0.1, skewness 0.3, dependence 0.3": Variant(
+        ("--unit_kurtosis_weight", "0.1", "--unit_skewness_weight", "0.3", "--unit_dependence_weight", "0.3"),
+        "+SD+DyGA, kurtosis 0.1, skewness 0.3",
+        "sd-dyga-kurtosis0.1-skewness0.3-dependence0.3",
+    ),
+    "+SD+DyGA, unit noise 0.1, kurtosis 0.1, skewness 0.3": Variant(
+        ("--unit_noise", "0.1", "--unit_kurtosis_weight", "0.1", "--unit_skewness_weight", "0.3"),
+        "+SD+DyGA, kurtosis 0.1, skewness 0.3",
+        "sd-dyga-unit-noise0.1-kurtosis0.1-skewness0.3",
+    ),
+    "+SD+DyGA, swap consistency 0.1": Variant(
+        ("--swap_consistency_weight", "0.1"), "+SD+DyGA", "sd-dyga-swap-consistency0.1"
+    ),
+    "+SD+DyGA, swap consistency 0.5": Variant(
+        ("--swap_consistency_weight", "0.5"), "+SD+DyGA", "sd-dyga-swap-consistency0.5"
+    ),
+    "+SD+DyGA, kurtosis 0.1, skewness 0.3, swap consistency 0.1": Variant(
+        ("--unit_kurtosis_weight", "0.1", "--unit_skewness_weight", "0.3", "--swap_consistency_weight", "0.1"),
+        "+SD+DyGA, kurtosis 0.1, skewness 0.3",
+        "sd-dyga-kurtosis0.1-skewness0.3-swap-consistency0.1",
+    ),
+    "+SD+DyGA, kurtosis 0.1, skewness 0.3, swap consistency 0.5": Variant(
+        ("--unit_kurtosis_weight", "0.1", "--unit_skewness_weight", "0.3", "--swap_consistency_weight", "0.5"),
+        "+SD+DyGA, kurtosis 0.1, skewness 0.3",
+        "sd-dyga-kurtosis0.1-skewness0.3-swap-consistency0.5",
+    ),
     "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
         ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"),
         "+SD+DyGA, broadcast tokens",
