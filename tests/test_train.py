@@ -108,7 +108,8 @@ def test_few_steps_end_to_end_gives_a_pipeline_that_loads_and_generates(tmp_path
     assert "the units are whitened" in card and "the units' kurtosis is added to the loss with weight 0.03" in card
     assert "their mean pairwise dependence (kernel HSIC) is added to the loss with weight 0.1" in card
     assert "the units' squared skewness is added to the loss with weight 0.1" in card
-    assert "rendered with one unit taken from another image" in card and "with weight 0.05" in card
+    assert "the first 4 images of each batch are also rendered with one unit taken from another image" in card
+    assert "edited units is added to the loss with weight 0.05" in card
     assert "training timesteps drawn uniformly" in card and "number of Gaussians (at most 10) chosen by ICL" in card
     assert "tokens dropped for 50% of the training images" in card and "guidance scale 2.0" in card
     assert "## Controllability of the renders" in card and "| factor | reconstruction accuracy |" in card

@@ -272,8 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--swap_consistency_weight",
         type=float,
         default=None,
-        help="Weight of the edit-consistency term: each image is rendered (one-step prediction) with one unit taken "
-        "from another image, and the units the encoder reads from the render are charged for differing from the "
+        help="Weight of the edit-consistency term: the first --swap_consistency_batch_size images of each batch are "
+        "rendered (one-step prediction) with one unit taken from another image, and the units the encoder reads from the render are charged for differing from the "
         "edited units, so that a single unit's swap shows in the render and moves only that unit (ours; 0: off).",
     )
     model.add_argument(
@@ -826,7 +826,9 @@ def training_loss(
         step_loss.dependence = unit_dependence(encoder_output.units)
         step_loss.loss = step_loss.loss + args.unit_dependence_weight * step_loss.dependence
     if args.swap_consistency_weight > 0:
-        step_loss.swap_consistency = swap_consistency(args, encoder, unet, anchorer, noise_scheduler, latents, encoder_output.units)
+        step_loss.swap_consistency = swap_consistency(
+            args, encoder, unet, anchorer, noise_scheduler, latents, encoder_output.units
+        )
         step_loss.loss = step_loss.loss + args.swap_consistency_weight * step_loss.swap_consistency
     if args.unit_kl_weight > 0:
         step_loss.unit_kl = unit_kl_divergence(encoder_output.units, encoder_output.unit_log_variance)
@@ -927,7 +929,8 @@ RESUME_SETTINGS = (
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "encoder_coordinate_input",
     "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_kurtosis_floor", "unit_skewness_weight",
-    "unit_dependence_weight", "swap_consistency_weight", "swap_consistency_batch_size", "unit_posterior", "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
+    "unit_dependence_weight", "swap_consistency_weight", "swap_consistency_batch_size", "unit_posterior",
+    "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "broadcast_tokens", "skip_dropout",
@@ -1235,9 +1238,9 @@ def unit_summary(args, gates: list[float] | None = None) -> str:
         )
     if args.swap_consistency_weight > 0:
         parts.append(
-            f"each training image is also rendered with one unit taken from another image, and the distance between "
-            f"the units read back from that render and the edited units is added to the loss with weight "
-            f"{args.swap_consistency_weight}"
+            f"the first {min(args.swap_consistency_batch_size, args.train_batch_size)} images of each batch are also "
+            f"rendered with one unit taken from another image, and the distance between the units read back from that "
+            f"render and the edited units is added to the loss with weight {args.swap_consistency_weight}"
         )
     if args.unit_posterior == "gaussian" and args.unit_whitening:
         parts.append(
