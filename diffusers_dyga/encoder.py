@@ -140,6 +140,12 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
             whitening of the batch in training, of running statistics otherwise), so that no two units can carry the
             same signal. Training batches must then be larger than `num_units`.
         whitening_momentum (`float`, defaults to 0.1): update rate of the running mean and covariance.
+        whitening_shrinkage (`float`, defaults to 0.0): whiten with the covariance plus this fraction of its mean
+            variance on the diagonal (ours). At 0 every unit leaves the whitening at unit variance, so the units a
+            factor does not need are filled with something (a second coordinate of a factor, a function of a
+            position); above 0 a direction whose variance is small against the others stays small, so a unit can
+            fall silent, which the posterior's KL divergence (`unit_posterior="gaussian"`, whose mean term charges
+            each unit's spread) then asks of the units the denoiser does not need. Needs `unit_whitening`.
         unit_gates (`bool`, defaults to `False`): multiply each whitened unit by a learned gate in (0, 1)
             ([`~DisentangledEncoder.gates`]), and make the training noise absolute (`unit_noise` standard deviations of
             a whitened unit) instead of relative to each unit's spread, so that a gate sets how much its unit can carry
@@ -164,6 +170,7 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         unit_noise: float = 0.0,
         unit_whitening: bool = False,
         whitening_momentum: float = 0.1,
+        whitening_shrinkage: float = 0.0,
         backbone_config: dict[str, Any] | None = None,
         stem_channels: int | None = None,
         norm_type: str = "none",
@@ -184,6 +191,11 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 "unit_gates scales whitened units against absolute training noise: set unit_whitening=True and "
                 f"unit_noise > 0 (got unit_whitening={unit_whitening}, unit_noise={unit_noise})."
+            )
+        if whitening_shrinkage < 0 or (whitening_shrinkage > 0 and not unit_whitening):
+            raise ValueError(
+                f"whitening_shrinkage must be non-negative and needs unit_whitening=True, got {whitening_shrinkage} "
+                f"with unit_whitening={unit_whitening}."
             )
         if norm_type not in ("none", "batch"):
             raise ValueError(f"norm_type must be 'none' or 'batch', got {norm_type!r}.")
@@ -281,7 +293,9 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
 
     def whiten(self, units: torch.Tensor, running_statistics: bool | None = None) -> torch.Tensor:
         """Decorrelates `(batch, num_units)` units to zero mean and identity covariance (Cholesky whitening): batch
-        statistics in training, running statistics otherwise or when `running_statistics` is True."""
+        statistics in training, running statistics otherwise or when `running_statistics` is True. With
+        `whitening_shrinkage` the covariance gets that fraction of its mean variance added to the diagonal first,
+        so directions of small variance come out below unit variance."""
         if running_statistics is None:
             running_statistics = not self.training
         if running_statistics:
@@ -305,7 +319,8 @@ class DisentangledEncoder(StrictLoadingMixin, ModelMixin, ConfigMixin):
         centered = units - mean
         covariance = covariance.float()
         eye = torch.eye(covariance.shape[0], device=covariance.device)
-        jitter = 1e-4 * covariance.diagonal().mean().clamp_min(1e-8) * eye
+        ridge = 1e-4 + self.config.whitening_shrinkage
+        jitter = ridge * covariance.diagonal().mean().clamp_min(1e-8) * eye
         cholesky = torch.linalg.cholesky(covariance + jitter)
         white = torch.linalg.solve_triangular(cholesky, centered.float().T, upper=False).T
         return white.to(units.dtype)

@@ -236,6 +236,27 @@ def test_gaussian_posterior_on_whitened_units_starts_at_the_preset_noise_and_cha
     assert encoder.to_units.weight.grad.abs().max() < 0.01 * width_gradient
 
 
+def test_whitening_shrinkage_keeps_a_small_direction_small_so_the_kl_can_silence_its_unit(tmp_path):
+    spreads = torch.tensor([1.0, 1.0, 0.05] + [1.0] * (NUM_UNITS - 3))
+    raw = torch.randn(256, NUM_UNITS, generator=torch.Generator().manual_seed(0)) * spreads
+    plain = tiny_encoder(unit_whitening=True).whiten(raw).std(dim=0)
+    shrunk = tiny_encoder(unit_whitening=True, whitening_shrinkage=0.1).whiten(raw).std(dim=0)
+    torch.testing.assert_close(plain, torch.ones(NUM_UNITS), atol=0.02, rtol=0)
+    assert shrunk[2] < 0.2 and (shrunk[spreads == 1] > 0.9).all()
+
+    encoder = tiny_encoder(unit_posterior="gaussian", unit_whitening=True, whitening_shrinkage=0.1).train()
+    training = encoder(random_images(NUM_UNITS + 6))
+    assert (training.units.var(dim=0) < 0.95).all()
+    unit_kl_divergence(training.units, training.unit_log_variance).backward()
+    assert encoder.to_units.weight.grad.abs().max() > 1e-3
+    encoder.save_pretrained(tmp_path)
+    assert DisentangledEncoder.from_pretrained(tmp_path).config.whitening_shrinkage == 0.1
+    with pytest.raises(ValueError, match="whitening_shrinkage must be non-negative and needs unit_whitening"):
+        tiny_encoder(whitening_shrinkage=0.1)
+    with pytest.raises(ValueError, match="whitening_shrinkage must be non-negative"):
+        tiny_encoder(unit_whitening=True, whitening_shrinkage=-0.1)
+
+
 def test_gaussian_unit_posterior_samples_tokens_in_training_and_uses_the_means_otherwise(tmp_path):
     encoder = tiny_encoder(unit_posterior="gaussian")
     images = random_images(5)

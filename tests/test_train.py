@@ -470,6 +470,16 @@ def test_a_gaussian_posterior_on_whitened_units_charges_its_width_and_the_card_s
     assert encoder.to_unit_log_variance.weight.grad.abs().sum() > 0
     summary = train.unit_summary(args)
     assert "units are whitened" in summary and "learned per image" in summary and "weight 0.003" in summary
+    assert "charges only that width" in summary
+
+    args = train.parse_args(tiny_args(tmp_path, cache_dir, *options, "--whitening_shrinkage", "0.1"))
+    args.vae_scale = 1
+    encoder, *_ = train.build_models(args, in_channels=3, latent_channels=3)
+    assert encoder.config.whitening_shrinkage == 0.1
+    summary = train.unit_summary(args)
+    assert "adds 0.1 of the units' mean variance" in summary and "that width and each unit's spread" in summary
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(tmp_path, cache_dir, "--no-unit_whitening", "--whitening_shrinkage", "0.1"))
 
 
 def test_attention_resolutions_choose_the_unet_levels_with_cross_attention(tmp_path, cache_dir, capsys):

@@ -102,6 +102,7 @@ PRESETS = {
         "encoder_coordinate_input": False,
         "unit_noise": 0.3,
         "unit_whitening": True,
+        "whitening_shrinkage": 0.0,
         "unit_kurtosis_weight": 0.03,
         "unit_kurtosis_floor": 0.0,
         "unit_skewness_weight": 0.0,
@@ -169,6 +170,7 @@ PRESETS = {
         "encoder_coordinate_input": False,
         "unit_noise": 0.0,
         "unit_whitening": False,
+        "whitening_shrinkage": 0.0,
         "unit_kurtosis_weight": 0.0,
         "unit_kurtosis_floor": 0.0,
         "unit_skewness_weight": 0.0,
@@ -240,6 +242,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Whiten the units so that no two carry the same signal (--no-unit_whitening: off).",
+    )
+    model.add_argument(
+        "--whitening_shrinkage",
+        type=float,
+        default=None,
+        help="Whiten with this fraction of the units' mean variance added to the covariance's diagonal, so that a "
+        "unit of small variance stays small and can fall silent (ours; 0 in the presets; pairs with --unit_posterior "
+        "gaussian, whose KL then charges each unit's spread).",
     )
     model.add_argument(
         "--unit_kurtosis_weight",
@@ -529,6 +539,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--unit_kl_weight needs --unit_posterior gaussian (a deterministic unit has no posterior).")
     if args.unit_posterior == "gaussian" and args.unit_noise > 0:
         parser.error("--unit_posterior gaussian replaces the unit noise: add --unit_noise 0.")
+    if args.whitening_shrinkage < 0 or (args.whitening_shrinkage > 0 and not args.unit_whitening):
+        parser.error(
+            f"--whitening_shrinkage must be non-negative and needs --unit_whitening, got {args.whitening_shrinkage}."
+        )
     if args.unit_gates and not (args.unit_whitening and args.unit_noise > 0):
         parser.error("--unit_gates scales whitened units against the training noise: add --unit_whitening and --unit_noise above 0.")
     if args.unit_gate_weight < 0:
@@ -684,6 +698,7 @@ def build_models(args: argparse.Namespace, in_channels: int, latent_channels: in
         token_hidden_dim=args.token_hidden_dim,
         unit_noise=args.unit_noise,
         unit_whitening=args.unit_whitening,
+        whitening_shrinkage=args.whitening_shrinkage,
         stem_channels=args.encoder_stem_channels,
         norm_type=args.encoder_norm_type,
         act_fn=args.encoder_act_fn,
@@ -928,9 +943,9 @@ RESUME_SETTINGS = (
     "resolution", "vae", "num_units", "unit_dim", "encoder_channels", "encoder_hidden_dim", "token_hidden_dim",
     "encoder_stem_channels", "encoder_norm_type", "encoder_act_fn", "token_output_act",
     "encoder_coordinate_input",
-    "unit_noise", "unit_whitening", "unit_kurtosis_weight", "unit_kurtosis_floor", "unit_skewness_weight",
-    "unit_dependence_weight", "swap_consistency_weight", "swap_consistency_batch_size", "unit_posterior",
-    "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
+    "unit_noise", "unit_whitening", "whitening_shrinkage", "unit_kurtosis_weight", "unit_kurtosis_floor",
+    "unit_skewness_weight", "unit_dependence_weight", "swap_consistency_weight", "swap_consistency_batch_size",
+    "unit_posterior", "unit_kl_weight", "unit_gates", "unit_gate_weight", "unit_gate_learning_rate",
     "unet_channels", "layers_per_block",
     "max_attention_resolution", "attention_resolutions", "attention_head_channels", "attention_heads", "unet_dropout",
     "resnet_time_scale_shift", "coordinate_input", "broadcast_tokens", "skip_dropout",
@@ -1226,6 +1241,11 @@ def unit_summary(args, gates: list[float] | None = None) -> str:
             parts.append(f"While training, noise of {args.unit_noise} batch standard deviations is added to each unit")
         if args.unit_whitening:
             parts.append("the units are whitened (no two carry the same signal)")
+    if args.unit_whitening and args.whitening_shrinkage > 0:
+        parts.append(
+            f"the whitening adds {args.whitening_shrinkage} of the units' mean variance to their covariance's diagonal, "
+            f"so that a unit of small variance stays small"
+        )
     if args.unit_kurtosis_weight > 0:
         parts.append(f"the units' kurtosis is added to the loss with weight {args.unit_kurtosis_weight}")
         if args.unit_kurtosis_floor > 0:
@@ -1243,10 +1263,11 @@ def unit_summary(args, gates: list[float] | None = None) -> str:
             f"render and the edited units is added to the loss with weight {args.swap_consistency_weight}"
         )
     if args.unit_posterior == "gaussian" and args.unit_whitening:
+        charged = "that width and each unit's spread" if args.whitening_shrinkage > 0 else "only that width"
         parts.append(
             f"while training, each whitened unit is the mean of a Gaussian posterior whose width the encoder predicts "
             f"(a training noise learned per image and per unit), and its KL divergence from N(0, 1), which for "
-            f"whitened units charges only that width, is added to the loss with weight {args.unit_kl_weight}"
+            f"whitened units charges {charged}, is added to the loss with weight {args.unit_kl_weight}"
         )
     elif args.unit_posterior == "gaussian":
         parts.append(
