@@ -5,10 +5,15 @@
 
 Encodes the whole built-in grid and, for each unit and factor, takes the share of the unit's variance that the factor
 explains (`diffusers_dyga.evaluation.unit_factor_shares`: 1 for a unit that is a function of that factor alone, 0
-for a unit that ignores it). Also prints each unit's kurtosis (and its gate, for an encoder with `unit_gates`) and the
-mean absolute correlation between units. For an encoder with a Gaussian posterior on whitened units, it also prints each
-unit's mean posterior standard deviation ("width": near 0 for a unit read precisely, near 1, the prior's, for a unit
-that carries little).
+for a unit that ignores it). Also prints each unit's kurtosis, its spread (standard deviation over the grid: 1 for
+whitened units, less where `whitening_shrinkage` lets a unit fall silent; and its gate, for an encoder with
+`unit_gates`) and the mean absolute correlation between units. For an encoder with a Gaussian posterior on whitened
+units, it also prints each unit's mean posterior standard deviation ("width": near 0 for a unit read precisely, near
+1, the prior's, for a unit that carries little).
+
+`--joint x y` adds the share that two factors explain together (the unit's mean over every pair of their values):
+near 1 for a unit that is a function of the two, even where each alone explains little of it (a unit holding
+x·y, or x² with x's linear part whitened away).
 
 For every factor that two or more units hold (the factor explains at least half of each one's variance), it takes
 the two that hold it most, whitens that pair and prints the kurtosis of its projections on directions around half a
@@ -46,6 +51,13 @@ def posterior_widths(encoder, images: torch.Tensor) -> torch.Tensor:
     return encoder.eval()(images.to(encoder.device, encoder.dtype)).unit_log_variance.mul(0.5).exp()
 
 
+def pair_shares(codes: np.ndarray, factors: np.ndarray, sizes: list[int], pair: list[int]) -> np.ndarray:
+    """`(num_codes,)` share of each code's variance explained by the two factors of `pair` together."""
+    first, second = pair
+    combined = factors[:, first] * sizes[second] + factors[:, second]
+    return unit_factor_shares(codes, combined[:, None], [sizes[first] * sizes[second]])[:, 0]
+
+
 def shared_factors(codes: np.ndarray, shares: np.ndarray, names: list[str]) -> list[dict]:
     """The factors held by two or more units, with the kurtosis of their two strongest units' rotations."""
     shared = []
@@ -68,6 +80,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="shapes", help="Built-in grid: shapes or dsprites.")
     parser.add_argument("--factor_sizes", type=int, nargs="+", default=[3, 3, 3, 3, 3, 3])
     parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--joint", nargs=2, metavar="FACTOR", help="Two factor names: also their joint share.")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "unit_factors.json"))
     options = parser.parse_args()
 
@@ -76,6 +89,8 @@ def main() -> None:
     pipeline.set_progress_bar_config(disable=True)
     codes = encode_dataset(pipeline.encode, dataset)
     factors, names = factors_array(dataset), factor_names(dataset)
+    if options.joint and not set(options.joint) <= set(names):
+        parser.error(f"--joint takes two of the grid's factors {names}, got {options.joint}.")
     shares = unit_factor_shares(codes, factors, options.factor_sizes)
     standardised = (codes - codes.mean(axis=0)) / codes.std(axis=0).clip(min=1e-12)
     kurtosis = (standardised**4).mean(axis=0)
@@ -83,7 +98,11 @@ def main() -> None:
     mean_absolute_correlation = float(np.abs(np.corrcoef(standardised.T)[np.triu_indices(codes.shape[1], 1)]).mean())
     gates = pipeline.encoder.gates
     gates = None if gates is None else gates.detach().cpu().tolist()
-    rows = [[unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}", f"{skewness[unit]:+.2f}"] for unit in range(codes.shape[1])]
+    spreads = codes.std(axis=0)
+    rows = [
+        [unit, *(f"{share:.2f}" for share in shares[unit]), f"{kurtosis[unit]:.2f}", f"{skewness[unit]:+.2f}", f"{spreads[unit]:.2f}"]
+        for unit in range(codes.shape[1])
+    ]  # fmt: skip
     if gates is not None:
         rows = [[*row, f"{gate:.2f}"] for row, gate in zip(rows, gates)]
     widths = None
@@ -91,7 +110,12 @@ def main() -> None:
         widths = encode_dataset(lambda images: posterior_widths(pipeline.encoder, images), dataset).mean(axis=0).tolist()
         rows = [[*row, f"{width:.2f}"] for row, width in zip(rows, widths)]
     extra_columns = (["gate"] if gates is not None else []) + (["width"] if widths is not None else [])
-    print_table(["unit", *names, "kurtosis", "skewness", *extra_columns], rows)
+    joint_shares = None
+    if options.joint:
+        joint_shares = pair_shares(codes, factors, options.factor_sizes, [names.index(name) for name in options.joint])
+        rows = [[*row, f"{share:.2f}"] for row, share in zip(rows, joint_shares)]
+        extra_columns.append(f"{options.joint[0]} and {options.joint[1]} together")
+    print_table(["unit", *names, "kurtosis", "skewness", "spread", *extra_columns], rows)
     print(f"mean absolute correlation between units: {mean_absolute_correlation:.3f}")
     shared = shared_factors(codes, shares, names)
     if not shared:
@@ -110,9 +134,11 @@ def main() -> None:
             "shares": shares.tolist(),
             "kurtosis": kurtosis.tolist(),
             "skewness": skewness.tolist(),
+            "spreads": spreads.tolist(),
             "gates": gates,
             "posterior_widths": widths,
             "mean_absolute_correlation": mean_absolute_correlation,
+            "joint_shares": None if joint_shares is None else joint_shares.tolist(),
             "shared_factors": shared,
         },
     )
