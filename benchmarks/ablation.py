@@ -46,6 +46,7 @@ OFFICIAL_DYGA = [
     "--dyga_init_components", "8", "--dyga_max_components", "32", "--dyga_max_iterations", "30",
     "--dyga_lambda_mode", "batch",
 ]  # fmt: skip
+LEARNED_UNIT_NOISE = ("--unit_posterior", "gaussian", "--unit_noise", "0", "--unit_kl_weight", "0.003")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ VARIANTS = {
         "sd-dyga-unit-noise0.1-gates0.003-skewness0.3",
     ),
     "+SD+DyGA, learned unit noise": Variant(
-        ("--unit_posterior", "gaussian", "--unit_noise", "0", "--unit_kl_weight", "0.003"),
+        LEARNED_UNIT_NOISE,
         "+SD+DyGA",
         "sd-dyga-posterior-kl0.003",
     ),
@@ -112,6 +113,46 @@ VARIANTS = {
         ("--unit_kurtosis_weight", "0.1", "--unit_skewness_weight", "0.3", "--swap_consistency_weight", "0.5"),
         "+SD+DyGA, kurtosis 0.1, skewness 0.3",
         "sd-dyga-kurtosis0.1-skewness0.3-swap-consistency0.5",
+    ),
+    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis": Variant(
+        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE),
+        "+SD+DyGA",
+        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003",
+    ),
+    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, swap consistency 0.1": Variant(
+        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--swap_consistency_weight", "0.1"),
+        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
+        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-swap-consistency0.1",
+    ),
+    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, detail loss 0.5": Variant(
+        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--detail_loss_weight", "0.5"),
+        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
+        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-detail0.5",
+    ),
+    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, timestep bias 2": Variant(
+        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--timestep_bias_power", "2"),
+        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
+        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-timestep-bias2",
+    ),
+    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, whitening shrinkage 0.1": Variant(
+        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--whitening_shrinkage", "0.1"),
+        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
+        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-shrinkage0.1",
+    ),
+    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, whitening shrinkage 0.3": Variant(
+        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--whitening_shrinkage", "0.3"),
+        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
+        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-shrinkage0.3",
+    ),
+    "+SD+DyGA, learned unit noise, whitening shrinkage 0.1": Variant(
+        (*LEARNED_UNIT_NOISE, "--whitening_shrinkage", "0.1"),
+        "+SD+DyGA, learned unit noise",
+        "sd-dyga-posterior-kl0.003-shrinkage0.1",
+    ),
+    "+SD+DyGA, learned unit noise, whitening shrinkage 0.3": Variant(
+        (*LEARNED_UNIT_NOISE, "--whitening_shrinkage", "0.3"),
+        "+SD+DyGA, learned unit noise",
+        "sd-dyga-posterior-kl0.003-shrinkage0.3",
     ),
     "+SD+DyGA, broadcast tokens, kurtosis floor": Variant(
         ("--broadcast_tokens", "--unit_kurtosis_floor", "1.8"),
