@@ -47,6 +47,10 @@ OFFICIAL_DYGA = [
     "--dyga_lambda_mode", "batch",
 ]  # fmt: skip
 LEARNED_UNIT_NOISE = ("--unit_posterior", "gaussian", "--unit_noise", "0", "--unit_kl_weight", "0.003")
+# the best dSprites configuration so far (docs/benchmarks.md, "One recipe, several datasets"), and probes on top of it
+BEST_DSPRITES = "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis"
+BEST_DSPRITES_FLAGS = ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE)
+BEST_DSPRITES_SLUG = "sd-dyga-broadcast-nokurtosis-posterior-kl0.003"
 
 
 @dataclass(frozen=True)
@@ -114,36 +118,19 @@ VARIANTS = {
         "+SD+DyGA, kurtosis 0.1, skewness 0.3",
         "sd-dyga-kurtosis0.1-skewness0.3-swap-consistency0.5",
     ),
-    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis": Variant(
-        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE),
-        "+SD+DyGA",
-        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003",
-    ),
-    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, swap consistency 0.1": Variant(
-        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--swap_consistency_weight", "0.1"),
-        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
-        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-swap-consistency0.1",
-    ),
-    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, detail loss 0.5": Variant(
-        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--detail_loss_weight", "0.5"),
-        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
-        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-detail0.5",
-    ),
-    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, timestep bias 2": Variant(
-        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--timestep_bias_power", "2"),
-        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
-        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-timestep-bias2",
-    ),
-    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, whitening shrinkage 0.1": Variant(
-        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--whitening_shrinkage", "0.1"),
-        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
-        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-shrinkage0.1",
-    ),
-    "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis, whitening shrinkage 0.3": Variant(
-        ("--broadcast_tokens", "--unit_kurtosis_weight", "0", *LEARNED_UNIT_NOISE, "--whitening_shrinkage", "0.3"),
-        "+SD+DyGA, broadcast tokens, learned unit noise, no kurtosis",
-        "sd-dyga-broadcast-nokurtosis-posterior-kl0.003-shrinkage0.3",
-    ),
+    BEST_DSPRITES: Variant(BEST_DSPRITES_FLAGS, "+SD+DyGA", BEST_DSPRITES_SLUG),
+    **{
+        f"{BEST_DSPRITES}, {label}": Variant(
+            (*BEST_DSPRITES_FLAGS, *flags), BEST_DSPRITES, f"{BEST_DSPRITES_SLUG}-{suffix}"
+        )
+        for label, flags, suffix in [
+            ("swap consistency 0.1", ("--swap_consistency_weight", "0.1"), "swap-consistency0.1"),
+            ("detail loss 0.5", ("--detail_loss_weight", "0.5"), "detail0.5"),
+            ("timestep bias 2", ("--timestep_bias_power", "2"), "timestep-bias2"),
+            ("whitening shrinkage 0.1", ("--whitening_shrinkage", "0.1"), "shrinkage0.1"),
+            ("whitening shrinkage 0.3", ("--whitening_shrinkage", "0.3"), "shrinkage0.3"),
+        ]
+    },
     "+SD+DyGA, learned unit noise, whitening shrinkage 0.1": Variant(
         (*LEARNED_UNIT_NOISE, "--whitening_shrinkage", "0.1"),
         "+SD+DyGA, learned unit noise",
