@@ -794,6 +794,11 @@ class StepLoss:
     gates: torch.Tensor | None = None
 
 
+def anchored(args: argparse.Namespace, anchorer: DyGAAnchorer, tokens: torch.Tensor) -> torch.Tensor:
+    """`(batch, num_units, unit_dim)` tokens pulled toward their DyGA anchors, once DyGA is on and fitted."""
+    return anchorer.align(tokens) if args.dyga and anchorer.is_fitted else tokens
+
+
 def training_loss(
     args: argparse.Namespace,
     encoder: torch.nn.Module,
@@ -812,9 +817,7 @@ def training_loss(
     timesteps = sample_timesteps(latents.shape[0], num_timesteps, args.timestep_bias_power, latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     encoder_output = encoder(pixels)
-    tokens = encoder_output.tokens
-    if args.dyga and anchorer.is_fitted:
-        tokens = anchorer.align(tokens)
+    tokens = anchored(args, anchorer, encoder_output.tokens)
     if args.token_dropout > 0:
         kept = torch.rand(tokens.shape[0], 1, 1, device=tokens.device) >= args.token_dropout
         tokens = tokens * kept.to(tokens.dtype)
@@ -892,9 +895,7 @@ def swap_consistency(
     timesteps = torch.randint(num_timesteps // 2, num_timesteps, (images.shape[0],), device=images.device)
     noisy = noise_scheduler.add_noise(images, torch.randn_like(images), timesteps)
     with frozen_parameters(model, unet):
-        tokens = model.embed(edited)
-        if args.dyga and anchorer.is_fitted:
-            tokens = anchorer.align(tokens)
+        tokens = anchored(args, anchorer, model.embed(edited))
         prediction = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
         render = predicted_original_sample(noise_scheduler, noisy, prediction, timesteps).clamp(-1.0, 1.0)
         read_back = model.units_from_features(model.features(render), running_statistics=True)
